@@ -1,0 +1,80 @@
+"""The immutable plan that flows plan -> fetch -> verify -> ready.
+
+Kept free of heavy imports: `check` reads markers built from these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One repo file: where it goes and what its bytes must hash to."""
+
+    path: str  # repo-relative POSIX path, already checked to stay inside the target
+    size: int
+    sha256: str | None = None  # LFS files: the LFS oid
+    blob_sha1: str | None = None  # regular files: git blob sha1 of b"blob %d\0" + data
+
+    @property
+    def is_lfs(self) -> bool:
+        return self.sha256 is not None
+
+    @property
+    def expected(self) -> str:
+        """A short, stable identity of the expected content (used to key partial data)."""
+        return f"sha256:{self.sha256}" if self.sha256 else f"sha1:{self.blob_sha1}"
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path, "size": self.size}
+        if self.sha256:
+            d["sha256"] = self.sha256
+        if self.blob_sha1:
+            d["blob_sha1"] = self.blob_sha1
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FileEntry:
+        return cls(path=str(d["path"]), size=int(d["size"]), sha256=d.get("sha256"), blob_sha1=d.get("blob_sha1"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything fetch and verify need, resolved once from the hub."""
+
+    repo_id: str
+    revision: str  # as requested (branch, tag or commit)
+    commit: str  # the resolved 40-hex commit sha
+    endpoint: str
+    files: tuple[FileEntry, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def file(self, path: str) -> FileEntry:
+        for f in self.files:
+            if f.path == path:
+                return f
+        raise KeyError(path)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "endpoint": self.endpoint,
+            "files": [f.to_json() for f in self.files],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Plan:
+        return cls(
+            repo_id=str(d["repo_id"]),
+            revision=str(d["revision"]),
+            commit=str(d["commit"]),
+            endpoint=str(d.get("endpoint", "")),
+            files=tuple(FileEntry.from_json(f) for f in d["files"]),
+        )
