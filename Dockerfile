@@ -1,0 +1,79 @@
+# model-provisioner container image.
+#
+#   podman build -t model-provisioner:dev .                 # with the embedding smoke test (CPU torch)
+#   podman build -t model-provisioner:slim --build-arg EMBED=0 .   # checksums only, no torch
+#
+# The image runs as UID/GID 10001, writes only to /tmp and the model volume, and so works with
+# readOnlyRootFilesystem: true (mount an emptyDir at /tmp; the Helm chart does).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS build
+
+# 1: install torch (CPU wheel) + sentence-transformers for verify=full; 0: checksums-only image.
+ARG EMBED=1
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# torch first, in its own layer: it is by far the largest and changes least often.
+RUN python -m venv /opt/venv \
+    && if [ "$EMBED" = "1" ]; then \
+        pip install --no-cache-dir "torch==${TORCH_VERSION}" --extra-index-url "${TORCH_EXTRA_INDEX_URL}"; \
+    fi
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY provisioner ./provisioner
+RUN if [ "$EMBED" = "1" ]; then extra="[embed]"; else extra=""; fi \
+    && pip install --no-cache-dir "./${extra}" \
+    && model-provisioner --help > /dev/null
+
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+ARG EMBED=1
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+
+LABEL org.opencontainers.image.title="model-provisioner" \
+      org.opencontainers.image.description="Init container / sidecar that makes a Hugging Face model ready on a shared volume: plan, resumable fetch, verify, ready marker, metrics." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="python:3.11-slim-bookworm" \
+      io.model-provisioner.embed="${EMBED}"
+
+RUN groupadd --system --gid 10001 provisioner \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
+        --shell /usr/sbin/nologin provisioner \
+    && mkdir -p /models \
+    && chown 10001:10001 /models
+
+COPY --from=build /opt/venv /opt/venv
+
+# Everything writable lives under /tmp (an emptyDir in Kubernetes) or the model volume.
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache \
+    HF_HOME=/tmp/huggingface \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    PROVISIONER_TARGET=/models
+
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080
+
+ENTRYPOINT ["model-provisioner"]
+CMD ["run"]
