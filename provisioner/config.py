@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 DEFAULT_REPO_ID = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
 DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_EXCLUDE = "onnx/*,openvino/*,coreml/*,*.h5,*.msgpack,*.ot,*.tflite"
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -169,7 +170,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Directory the model's files land in (at their repo paths). State lives in `<target>/.provisioner/`.",
             commands=("run", "demo")),
     Setting("include", "include", _patterns, "", "Comma-separated glob patterns of repo files to fetch (empty: all)."),
-    Setting("exclude", "exclude", _patterns, "", "Comma-separated glob patterns of repo files to skip."),
+    Setting("exclude", "exclude", _patterns, DEFAULT_EXCLUDE,
+            "Comma-separated glob patterns of repo files to skip. The default skips weight formats "
+            "sentence-transformers does not load; set it to empty to fetch everything."),
     Setting("endpoint", "endpoint", _url("endpoint", allow_empty=False), DEFAULT_ENDPOINT,
             "Hub or mirror URL.", extra_env=("HF_ENDPOINT",)),
     Setting("token-file", "token_file", lambda s: s.strip(), "",
@@ -245,7 +248,7 @@ class Config:
     revision: str = "main"
     target: str = "/models"
     include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = tuple(DEFAULT_EXCLUDE.split(","))
     endpoint: str = DEFAULT_ENDPOINT
     token_file: str = ""
     engine: str = "native"

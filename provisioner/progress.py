@@ -12,13 +12,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from .manifest import Plan
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     PENDING = "pending"
     PLANNING = "planning"
     WAITING = "waiting"  # for another replica / process holding the download lock or Lease
@@ -85,7 +85,7 @@ class Tracker:
         with self._lock:
             self._listeners.append(listener)
 
-    def _emit(self, kind: str, **data: Any) -> None:
+    def _emit(self, kind: str, /, **data: Any) -> None:
         event = Event(kind=kind, time=time.time(), data=data)
         with self._lock:
             listeners = list(self._listeners)

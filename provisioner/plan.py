@@ -1,0 +1,245 @@
+"""Stage 1 — plan: resolve the revision to a commit and list every file with its size and hash.
+
+Uses huggingface_hub's `HfApi.model_info(files_metadata=True)` (one call gives the commit,
+sizes, LFS sha256 and git blob ids), with timeouts and retries that the library does not set
+for API calls. Every path from the hub is checked before it can name a file on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .errors import (
+    BadRemoteError,
+    Interrupted,
+    NoSpaceError,
+    NotFoundError,
+    ProvisionerError,
+    TransientError,
+    UnauthorizedError,
+)
+from .manifest import FileEntry, Plan
+from .marker import STATE_DIR_NAME
+from .progress import Tracker
+from .redact import redact
+from .retry import RetryBudget, parse_retry_after
+
+log = logging.getLogger("provisioner.plan")
+
+MAX_FILE_SIZE = 1 << 50  # 1 PiB: anything larger is a corrupt listing, not a model
+MAX_FILES = 100_000
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+# Weight formats sentence-transformers / transformers do not load; skipped unless --include names them.
+DEFAULT_SKIPPED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+_client_lock = threading.Lock()
+_client_key: tuple[float, float] | None = None
+
+
+def _install_hub_client(*, connect_timeout: float, api_timeout: float) -> None:
+    """huggingface_hub's shared client has timeout=None: API calls can hang forever on a stalled hub.
+    Replace its factory with one that has connect and read timeouts (downloads set their own)."""
+    global _client_key
+    key = (connect_timeout, api_timeout)
+    with _client_lock:
+        if _client_key == key:
+            return
+        import httpx2
+        from huggingface_hub import set_client_factory
+        from huggingface_hub.utils._http import hf_request_event_hook
+
+        def factory() -> httpx2.Client:
+            return httpx2.Client(
+                event_hooks={"request": [hf_request_event_hook]},
+                follow_redirects=True,
+                timeout=httpx2.Timeout(api_timeout, connect=connect_timeout),
+            )
+
+        set_client_factory(factory)
+        _client_key = key
+
+
+def classify_hub_error(exc: BaseException, *, repo_id: str, revision: str) -> ProvisionerError:
+    """Map a huggingface_hub / httpx2 exception to ours: permanent errors fail fast, the rest retry."""
+    import httpx2
+    from huggingface_hub import errors as hf_errors
+
+    if isinstance(exc, ProvisionerError):
+        return exc
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return NotFoundError(f"revision {revision!r} not found in {repo_id}", repo_id=repo_id, revision=revision)
+    if isinstance(exc, hf_errors.GatedRepoError):
+        status = exc.response.status_code if exc.response is not None else 403
+        return UnauthorizedError(f"{repo_id} is gated: the token has no access (HTTP {status})",
+                                 repo_id=repo_id, status=status)
+    if isinstance(exc, hf_errors.HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        if status in (401, 403):
+            return UnauthorizedError(f"not authorized for {repo_id} (HTTP {status}): check HF_TOKEN / token-file",
+                                     repo_id=repo_id, status=status)
+        if isinstance(exc, hf_errors.RepositoryNotFoundError) or status == 404:
+            return NotFoundError(f"repository {repo_id} not found (or private without a token)", repo_id=repo_id)
+        if status == 429 or status >= 500:
+            reason = "http_429" if status == 429 else "http_5xx"
+            return TransientError(f"hub API answered HTTP {status}", reason=reason,
+                                  retry_after=parse_retry_after(exc.response.headers.get("Retry-After")))
+        return BadRemoteError(f"hub API answered HTTP {status} for {repo_id}", detail=redact(str(exc))[:300])
+    if isinstance(exc, httpx2.TimeoutException):
+        return TransientError(f"hub API timed out ({type(exc).__name__})", reason="timeout")
+    if isinstance(exc, httpx2.ConnectError):
+        return TransientError("cannot connect to the hub", reason="connect")
+    if isinstance(exc, httpx2.TransportError):
+        return TransientError(f"hub API connection failed ({type(exc).__name__})", reason="reset")
+    if isinstance(exc, ValueError | KeyError | TypeError):  # JSON decode / missing fields in the answer
+        return BadRemoteError("malformed answer from the hub API", detail=redact(str(exc))[:300])
+    return TransientError(f"hub API call failed: {redact(str(exc))[:200]}", reason="api")
+
+
+def call_with_retries(fn: Callable[[], Any], *, what: str, repo_id: str, revision: str, budget: RetryBudget,
+                      tracker: Tracker | None, stop: threading.Event, backoff_max: float) -> Any:
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:  # classified below: permanent errors re-raise, transient ones retry
+            err = classify_hub_error(exc, repo_id=repo_id, revision=revision)
+            if not isinstance(err, TransientError):
+                raise err from None
+            budget.check(reason=err.reason, message=f"{what}: {err}")
+            delay = budget.delay(attempt=attempt, cap=backoff_max, retry_after=err.retry_after)
+            if tracker is not None:
+                tracker.retry(reason=err.reason, path=None, delay=delay, message=redact(f"{what}: {err}"))
+            log.warning("retrying %s in %.1fs: %s", what, delay, redact(str(err)))
+            attempt += 1
+            if stop.wait(delay):
+                raise Interrupted(getattr(stop, "signum", 15)) from None
+
+
+def fetch_model_info(config: Config, *, revision: str, budget: RetryBudget, tracker: Tracker | None,
+                     stop: threading.Event) -> Any:
+    from huggingface_hub import HfApi
+
+    _install_hub_client(connect_timeout=config.connect_timeout, api_timeout=config.api_timeout)
+    api = HfApi(endpoint=config.endpoint, token=config.token or False, library_name="model-provisioner")
+    return call_with_retries(
+        lambda: api.model_info(config.repo_id, revision=revision, files_metadata=True, timeout=config.api_timeout),
+        what="model_info", repo_id=config.repo_id, revision=revision, budget=budget, tracker=tracker, stop=stop,
+        backoff_max=config.backoff_max,
+    )
+
+
+def resolve_commit(config: Config, *, budget: RetryBudget, stop: threading.Event) -> str:
+    """Just the commit sha of the requested revision (used to see whether a warm marker is current)."""
+    info = fetch_model_info(config, revision=config.revision, budget=budget, tracker=None, stop=stop)
+    return _checked_commit(getattr(info, "sha", None))
+
+
+def build_plan(config: Config, *, budget: RetryBudget, tracker: Tracker | None, stop: threading.Event) -> Plan:
+    info = fetch_model_info(config, revision=config.revision, budget=budget, tracker=tracker, stop=stop)
+    commit = _checked_commit(getattr(info, "sha", None))
+    siblings = getattr(info, "siblings", None)
+    if siblings is None:
+        raise BadRemoteError(f"the hub listed no files for {config.repo_id}@{config.revision}")
+    if len(siblings) > MAX_FILES:
+        raise BadRemoteError(f"the hub listed {len(siblings)} files; refusing more than {MAX_FILES}")
+    entries = [entry_from_sibling(s) for s in siblings]
+    entries = select_files(entries, include=config.include, exclude=config.exclude)
+    if not entries:
+        raise NotFoundError(
+            f"no files of {config.repo_id}@{config.revision} match include={list(config.include)} "
+            f"exclude={list(config.exclude)}", repo_id=config.repo_id, revision=config.revision)
+    return Plan(repo_id=config.repo_id, revision=config.revision, commit=commit, endpoint=config.endpoint,
+                files=tuple(sorted(entries, key=lambda e: e.path)))
+
+
+def _checked_commit(sha: object) -> str:
+    if not isinstance(sha, str) or not _SHA1_RE.match(sha):
+        raise BadRemoteError("the hub answered without a valid commit sha", detail=repr(sha)[:80])
+    return sha
+
+
+def safe_repo_path(path: object) -> str:
+    """A repo path that stays inside the target, or BadRemoteError. Also keeps our state folder ours."""
+    if not isinstance(path, str) or not path or len(path) > 1024:
+        raise BadRemoteError("the hub listed a file with an empty or invalid path", detail=repr(path)[:120])
+    if "\0" in path or "\\" in path or any(ord(c) < 32 for c in path):
+        raise BadRemoteError("the hub listed a file path with control or backslash characters", detail=repr(path)[:120])
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        raise BadRemoteError(f"the hub listed an absolute file path: {path!r}")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts) or posixpath.normpath(path) != path:
+        raise BadRemoteError(f"the hub listed a file path that escapes or is not normalized: {path!r}")
+    if parts[0] == STATE_DIR_NAME:
+        raise BadRemoteError(f"the hub listed a file inside the reserved {STATE_DIR_NAME}/ folder: {path!r}")
+    return path
+
+
+def entry_from_sibling(s: Any) -> FileEntry:
+    path = safe_repo_path(getattr(s, "rfilename", None))
+    size = getattr(s, "size", None)
+    lfs = getattr(s, "lfs", None)
+    sha256: str | None = None
+    if lfs is not None:
+        sha256 = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
+        lfs_size = lfs.get("size") if isinstance(lfs, dict) else getattr(lfs, "size", None)
+        if size is None:
+            size = lfs_size
+        if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
+            raise BadRemoteError(f"invalid LFS sha256 for {path!r}", detail=repr(sha256)[:100])
+    blob = getattr(s, "blob_id", None)
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_SIZE:
+        raise BadRemoteError(f"invalid or absurd size for {path!r}: {size!r}")
+    if sha256 is None:
+        if not isinstance(blob, str) or not _SHA1_RE.match(blob):
+            raise BadRemoteError(f"no usable hash for {path!r} (no LFS sha256, blob id {blob!r})")
+        return FileEntry(path=path, size=size, blob_sha1=blob)
+    return FileEntry(path=path, size=size, sha256=sha256,
+                     blob_sha1=blob if isinstance(blob, str) and _SHA1_RE.match(blob) else None)
+
+
+def select_files(entries: Iterable[FileEntry], *, include: tuple[str, ...],
+                 exclude: tuple[str, ...]) -> list[FileEntry]:
+    """Apply include/exclude globs (huggingface_hub's own matcher, so patterns mean what they mean
+    for snapshot_download). Without --include, skip `pytorch_model.bin` where the same folder has
+    `model.safetensors`: sentence-transformers loads the latter, and the .bin doubles the download."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    chosen = list(filter_repo_objects(list(entries), allow_patterns=list(include) or None,
+                                      ignore_patterns=list(exclude) or None, key=lambda e: e.path))
+    if include:
+        return chosen
+    safetensor_dirs = {posixpath.dirname(e.path) for e in chosen if posixpath.basename(e.path) == "model.safetensors"}
+    return [e for e in chosen
+            if not (posixpath.basename(e.path) in DEFAULT_SKIPPED_WEIGHTS
+                    and posixpath.dirname(e.path) in safetensor_dirs)]
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def check_disk_space(target: Path, *, needed: int, headroom: int,
+                     free_space: Callable[[Path], int] = free_bytes) -> None:
+    free = free_space(target)
+    if needed + headroom > free:
+        raise NoSpaceError(
+            f"not enough space on {target}: need {_human(needed)} more (+{_human(headroom)} headroom), "
+            f"only {_human(free)} free", path=str(target), needed_bytes=needed + headroom, free_bytes=free)
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{n} B"
