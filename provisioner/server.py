@@ -1,0 +1,256 @@
+"""The small HTTP server for probes and scrapes: /metrics, /healthz, /readyz, /status.
+
+Stdlib only (`ThreadingHTTPServer`, daemon threads), GET and HEAD only, nothing else served.
+Every body comes from the `Tracker` (through `metrics.render` or a redacted snapshot), so no
+secret can leak through it.
+
+Liveness (`/healthz`) answers "is the download loop wedged?", not "is the download fast?": it
+fails only while the phase is `downloading` and there has been no sign of life for more than
+`3 * stall_limit` seconds, where a sign of life is any received byte, a retry, a stall being
+detected (the engine noticed and acts), a file starting or finishing, or the phase changing. A
+slow download that still moves, or one that keeps retrying inside its budget, stays live.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from .metrics import CONTENT_TYPE, render
+from .progress import Event, Phase, Tracker
+from .redact import redact
+
+log = logging.getLogger(__name__)
+
+READY_CACHE_SECONDS = 1.0
+# Events that prove the loop is alive even though no byte arrived.
+_LIVENESS_EVENTS = frozenset({"phase", "plan", "file_started", "file_done", "retry", "stall", "waiting",
+                              "verified", "smoke_test", "ready", "failed"})
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`HOST:PORT`, `:PORT` (all IPv4 interfaces) or `[V6ADDR]:PORT` -> (host, port). Port 0 = any."""
+    value = listen.strip()
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"listen: expected HOST:PORT, got {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"listen: put an IPv6 address in brackets, e.g. [::]:8080; got {listen!r}")
+    return host or "0.0.0.0", int(port_text)
+
+
+def _redact_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(k)): _redact_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_json(v) for v in value]
+    return value
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    owner: HealthServer
+
+
+class _V6Server(_Server):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        # `[::]` should also accept IPv4 (dual stack) where the kernel allows it.
+        try:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        except OSError:  # a v6-only kernel setting: serve IPv6 only
+            pass
+        super().server_bind()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "model-provisioner"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    timeout = 10  # a stuck client must not hold a thread forever
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def _method_not_allowed(self) -> None:
+        self._send(405, b"method not allowed\n", "text/plain; charset=utf-8", head=False,
+                   extra={"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _method_not_allowed
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (BaseHTTPRequestHandler looks up `do_<METHOD>`) is 405, not 501.
+        if name.startswith("do_"):
+            return self._method_not_allowed
+        raise AttributeError(name)
+
+    def _serve(self, *, head: bool) -> None:
+        path = self.path.split("?", 1)[0].split("#", 1)[0]
+        owner = self.server.owner
+        try:
+            status, body, ctype = owner.respond(path)
+        except Exception:  # noqa: BLE001 - a bug in one response must not kill the server thread
+            log.exception("error serving %s", path)
+            status, body, ctype = 500, b"internal error\n", "text/plain; charset=utf-8"
+        self._send(status, body, ctype, head=head)
+
+    def _send(self, status: int, body: bytes, ctype: str, *, head: bool,
+              extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Probes every few seconds would drown the log; access lines go to debug, redacted.
+        log.debug("http %s", redact(format % args))
+
+
+class HealthServer:
+    """Serves /metrics, /healthz, /readyz and /status for one run.
+
+    `ready_check` validates the on-disk marker (cheap, stdlib only); its result is cached for
+    about a second so a burst of probes costs one check. `stall_limit` is the engine's
+    stall timeout in seconds (see the module docstring for the liveness rule). `clock` is a
+    monotonic clock; tests pass the Tracker's fake clock.
+    """
+
+    def __init__(self, listen: str, *, tracker: Tracker, registry: CollectorRegistry,
+                 ready_check: Callable[[], bool], stall_limit: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.host, self._requested_port = parse_listen(listen)
+        self.tracker = tracker
+        self.registry = registry
+        self.ready_check = ready_check
+        self.stall_limit = float(stall_limit)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_activity = clock()
+        self._ready_cache: tuple[float, bool] | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        tracker.subscribe(self._on_event)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> HealthServer:
+        """Bind and serve in a daemon thread. Raises OSError when the address is taken."""
+        if self._server is not None:
+            return self
+        cls = _V6Server if ":" in self.host else _Server
+        server = cls((self.host, self._requested_port), _Handler)
+        server.owner = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="health-server", daemon=True)
+        self._thread.start()
+        log.info("serving /metrics /healthz /readyz /status", extra={
+            "event": "listen", "host": self.host, "port": self.port})
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> HealthServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("[::1]" if self.host == "::" else self.host)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    # ---- state ----------------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        if event.kind in _LIVENESS_EVENTS:
+            now = self._clock()
+            with self._lock:
+                self._last_activity = now
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """(live, details). Not live only when downloading and silent for > 3 * stall_limit."""
+        snap = self.tracker.snapshot()
+        phase = str(snap["phase"])
+        since_bytes = max(float(snap["seconds_since_progress"]), 0.0)  # on the tracker's clock
+        with self._lock:
+            since_activity = max(self._clock() - self._last_activity, 0.0)
+        idle = min(since_bytes, since_activity)
+        limit = 3 * self.stall_limit
+        live = not (phase == Phase.DOWNLOADING.value and idle > limit)
+        return live, {"status": "ok" if live else "wedged", "phase": phase,
+                      "seconds_since_progress": round(since_bytes, 3),
+                      "seconds_since_activity": round(idle, 3), "limit_seconds": limit}
+
+    def readiness(self) -> bool:
+        now = self._clock()
+        with self._lock:
+            cached = self._ready_cache
+            if cached is not None and now - cached[0] < READY_CACHE_SECONDS:
+                return cached[1]
+            # Checked under the lock: a burst of probes runs one check, the rest wait for it.
+            try:
+                ok = bool(self.ready_check())
+            except Exception as exc:  # noqa: BLE001 - a broken check means "not ready", never a 500
+                log.warning("ready check failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+                ok = False
+            self._ready_cache = (self._clock(), ok)
+            return ok
+
+    def respond(self, path: str) -> tuple[int, bytes, str]:
+        """(status, body, content type) for a GET of `path`."""
+        if path == "/metrics":
+            return 200, render(self.registry), CONTENT_TYPE
+        if path == "/healthz":
+            live, details = self.liveness()
+            return (200 if live else 503), _json(details), "application/json"
+        if path == "/readyz":
+            ok = self.readiness()
+            return (200, b"ready\n", "text/plain; charset=utf-8") if ok else \
+                (503, b"not ready\n", "text/plain; charset=utf-8")
+        if path == "/status":
+            return 200, _json(_redact_json(self.tracker.snapshot())), "application/json"
+        return 404, b"not found\n", "text/plain; charset=utf-8"
+
+
+def _json(value: Any) -> bytes:
+    return (json.dumps(value, sort_keys=True, default=str) + "\n").encode()
