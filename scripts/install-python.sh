@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install the Python side: torch FIRST as the local CPU wheel (anything else pulls a multi-GB CUDA
+# build), then the project with the given extras (default: test). Idempotent and quiet.
+set -euo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+extras="${1:-test}"
+py="${PYTHON:-python3}"
+if ! "$py" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.0") else 1)' 2>/dev/null; then
+    echo "install-python: torch==2.13.0 (CPU)" >&2
+    "$py" -m pip install -q --disable-pip-version-check torch==2.13.0
+fi
+echo "install-python: model-provisioner[$extras]" >&2
+"$py" -m pip install -q --disable-pip-version-check -e "$repo_root[$extras]"

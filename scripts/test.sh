@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The full test suite, from a fresh machine: Python deps, real tools (helm, kubectl, promtool,
+# prometheus), lint, types, then pytest. Extra arguments go to pytest.
+set -euo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+bash scripts/install-python.sh test
+bash scripts/install-tools.sh
+export PATH="$repo_root/.tools/bin:$PATH"
+echo "test: ruff" >&2
+ruff check provisioner tests benchmarks scripts
+echo "test: mypy" >&2
+mypy provisioner
+echo "test: pytest" >&2
+exec python3 -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,65 @@
+"""Secret redaction and the retry budget."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from provisioner.errors import RetryBudgetExhausted
+from provisioner.redact import redact, register_secret
+from provisioner.retry import RetryBudget, backoff_delay, parse_retry_after
+
+
+def test_redact_urls_tokens_and_headers() -> None:
+    register_secret("s3cr3t-token-value")
+    text = ("GET https://cdn.example/blob/abc?Expires=1&Signature=zzz failed; Authorization: Bearer hf_abcdefghijk;"
+            " token s3cr3t-token-value; other hf_zyxwvutsrqpo")
+    out = redact(text)
+    for secret in ("Signature=zzz", "Expires=1", "hf_abcdefghijk", "s3cr3t-token-value", "hf_zyxwvutsrqpo"):
+        assert secret not in out
+    assert "https://cdn.example/blob/abc" in out
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_budget_resets_on_progress_and_runs_out_without() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(10, clock=clock)
+    clock.now = 9
+    budget.check(reason="connect", message="x")
+    budget.progress()
+    clock.now = 18
+    budget.check(reason="connect", message="x")  # 9 s since progress: still inside
+    clock.now = 19.5
+    with pytest.raises(RetryBudgetExhausted) as info:
+        budget.check(reason="connect", message="down")
+    assert info.value.exit_code == 7 and "down" in str(info.value)
+
+
+def test_delay_is_capped_by_budget_and_honours_retry_after() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(10, clock=clock)
+    assert budget.delay(attempt=0, cap=30, retry_after=4) == 4
+    clock.now = 8
+    assert budget.delay(attempt=0, cap=30, retry_after=4) == pytest.approx(2)
+
+
+def test_backoff_full_jitter_bounds() -> None:
+    rng = random.Random(1)
+    for attempt in range(12):
+        d = backoff_delay(attempt, cap=30, rng=rng)
+        assert 0 <= d <= min(30, 0.5 * 2**attempt)
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("7") == 7
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", now=0) == pytest.approx(10)
