@@ -15,8 +15,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def main() -> int:
     text = README.read_text()
-    new = re.sub(r"(<!-- settings:begin -->\n).*?(\n<!-- settings:end -->)",
-                 lambda m: m.group(1) + settings_table_markdown() + m.group(2), text, flags=re.S)
+    new = re.sub(r"(<!-- settings:begin -->\n).*?(<!-- settings:end -->)",
+                 lambda m: m.group(1) + settings_table_markdown() + "\n" + m.group(2), text, flags=re.S)
     if new != text:
         README.write_text(new)
         print("README.md settings table updated")
