@@ -211,6 +211,15 @@ def _safe_url(url: str) -> str:
     return redact(url).split("?", 1)[0].split("#", 1)[0]
 
 
+def _userinfo(url: str) -> tuple[str, ...]:
+    """The user and password of `url` (to remove from error messages that quote the URL)."""
+    netloc = url.partition("://")[2].split("/", 1)[0]
+    if "@" not in netloc:
+        return ()
+    info = netloc.rpartition("@")[0]
+    return tuple(p for p in (info, *info.split(":", 1)) if p)
+
+
 def push_final(registry: CollectorRegistry, url: str, *, job: str = "model-provisioner",
                grouping_key: Mapping[str, str] | None = None, timeout: float = 10.0) -> bool:
     """Push the final state to a Pushgateway (PUT: replaces the group). Never raises.
@@ -222,7 +231,8 @@ def push_final(registry: CollectorRegistry, url: str, *, job: str = "model-provi
     try:
         push_to_gateway(url, job=job, registry=registry, grouping_key=key, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - a Pushgateway outage must never change the run's outcome
-        log.warning("pushgateway push failed: %s", redact(f"{type(exc).__name__}: {exc}"),
+        log.warning("pushgateway push failed: %s",
+                    redact(f"{type(exc).__name__}: {exc}", secrets=_userinfo(url)),
                     extra={"event": "pushgateway", "ok": False, "url": _safe_url(url)})
         return False
     log.info("pushed final metrics to pushgateway", extra={"event": "pushgateway", "ok": True,
