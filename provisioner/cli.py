@@ -112,6 +112,9 @@ def _run(ns: argparse.Namespace, *, config: Config | None = None, free_space: An
     logs.setup_logging(fmt=cfg.log_format, level=cfg.log_level)
     import logging
 
+    for noisy in ("httpx2", "httpcore2", "huggingface_hub"):  # one line per HTTP request drowns the progress
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
     log = logging.getLogger("provisioner")
     stop = StopEvent()
     _install_signal_handlers(stop)
