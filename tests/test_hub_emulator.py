@@ -7,12 +7,15 @@ import hashlib
 import math
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from provisioner.testing.hub import HubEmulator, blob_sha1_of_bytes, lfs_pointer
 
@@ -24,10 +27,11 @@ SMALL_FILES: dict[str, bytes] = {
     "weights.safetensors": bytes(range(256)) * 40,  # LFS by pattern, 10240 bytes
 }
 LFS_PATH = "weights.safetensors"
+SMALL_LFS_SIZE = 12 * 1024 * 1024 + 123  # tests/conftest.py small_repo
 
 
 @pytest.fixture
-def client() -> httpx2.Client:
+def client() -> Iterator[httpx2.Client]:
     with httpx2.Client(timeout=10) as c:
         yield c
 
@@ -128,7 +132,7 @@ def test_tree_listing(small_hub: HubEmulator, client: httpx2.Client) -> None:
 def test_tree_pagination(small_hub: HubEmulator, client: httpx2.Client) -> None:
     small_hub.page_size = 2
     url: str | None = f"{small_hub.url}/api/models/{REPO}/tree/main?recursive=true"
-    pages: list[list[dict[str, object]]] = []
+    pages: list[list[dict[str, str]]] = []
     while url:
         r = client.get(url)
         assert r.status_code == 200
@@ -351,8 +355,9 @@ def test_hf_hub_download_and_api_faithful(small_hub: HubEmulator, tmp_path: Path
     info = api.model_info(REPO, files_metadata=True)
     assert info.sha == small_hub.commit_of(REPO)
     sib = {s.rfilename: s for s in info.siblings or []}
-    assert sib[LFS_PATH].lfs is not None
-    assert sib[LFS_PATH].lfs.sha256 == hashlib.sha256(SMALL_FILES[LFS_PATH]).hexdigest()
+    lfs = sib[LFS_PATH].lfs
+    assert lfs is not None
+    assert lfs.sha256 == hashlib.sha256(SMALL_FILES[LFS_PATH]).hexdigest()
     assert sib["README.md"].size == len(SMALL_FILES["README.md"])
     tree = {e.path: e for e in api.list_repo_tree(REPO, recursive=True)}
     assert set(SMALL_FILES) <= set(tree)
@@ -364,7 +369,318 @@ def test_hf_token_not_sent_to_cdn(hub: HubEmulator, tmp_path: Path) -> None:
     hub.add_repo(REPO, SMALL_FILES, token="tok")
     p = hf_hub_download(REPO, LFS_PATH, endpoint=hub.url, cache_dir=tmp_path, token="tok")
     assert Path(p).read_bytes() == SMALL_FILES[LFS_PATH]
+    assert hub.wait_idle()
+    reqs = hub.stats.requests
+    assert {r.kind for r in reqs} == {"resolve", "cdn"}
+    assert all(r.authorization for r in reqs if r.kind == "resolve")
+    assert not any(r.authorization for r in reqs if r.kind == "cdn")
 
 
-# silence "imported but unused" for helpers used only by later sections
-_ = (math, socket, threading)
+def test_hf_errors_map_to_hub_exceptions(hub: HubEmulator, tmp_path: Path) -> None:
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    hub.add_repo(REPO, SMALL_FILES)
+    hub.add_repo("org/gated", {"f": b"x"}, gated=True, token="gtok")
+    api = HfApi(endpoint=hub.url)
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info("org/missing")
+    with pytest.raises(RevisionNotFoundError):
+        api.model_info(REPO, revision="nope")
+    with pytest.raises(GatedRepoError):
+        api.model_info("org/gated")
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download(REPO, "missing.txt", endpoint=hub.url, cache_dir=tmp_path)
+    assert api.model_info("org/gated", token="gtok").sha == hub.commit_of("org/gated")
+
+
+# ------------------------------------------------------------------------------------------ ranges (property)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start=st.integers(0, 10_300), length=st.integers(0, 10_300), open_end=st.booleans())
+def test_range_property(
+    small_hub: HubEmulator, client: httpx2.Client, start: int, length: int, open_end: bool
+) -> None:
+    data = SMALL_FILES[LFS_PATH]
+    url = _cdn_location(client, small_hub)
+    header = f"bytes={start}-" if open_end else f"bytes={start}-{start + length}"
+    r = client.get(url, headers={"Range": header})
+    if start >= len(data):
+        assert r.status_code == 416
+        return
+    want = data[start:] if open_end else data[start : start + length + 1]
+    assert r.status_code == 206 and r.content == want
+    assert r.headers["Content-Range"] == f"bytes {start}-{start + len(want) - 1}/{len(data)}"
+
+
+# ------------------------------------------------------------------------------------------ faults
+
+
+def _raw_get(hub: HubEmulator, url: str, *, timeout: float = 5.0) -> tuple[bytes, BaseException | None]:
+    """GET over a raw socket; returns everything received and the error that ended it (None on EOF)."""
+    u = urlsplit(url)
+    target = u.path + (f"?{u.query}" if u.query else "")
+    sock = socket.create_connection((u.hostname, u.port or 80), timeout=timeout)
+    got = b""
+    try:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {u.netloc}\r\nConnection: close\r\n\r\n".encode())
+        while True:
+            try:
+                block = sock.recv(65536)
+            except OSError as e:
+                return got, e
+            if not block:
+                return got, None
+            got += block
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def lfs_hub(hub: HubEmulator, small_repo: Path) -> HubEmulator:
+    """The small_repo dir (with a ~12 MiB LFS file) as org/dir."""
+    hub.add_repo("org/dir", small_repo)
+    return hub
+
+
+def _lfs_url(client: httpx2.Client, hub: HubEmulator) -> str:
+    r = client.head(_resolve(hub, "model.safetensors", repo="org/dir"))
+    assert r.status_code == 302
+    return r.headers["Location"]
+
+
+def test_reset_after_bytes_is_a_real_reset(lfs_hub: HubEmulator, client: httpx2.Client) -> None:
+    url = _lfs_url(client, lfs_hub)
+    lfs_hub.faults.reset_after_bytes = 100_000
+    with pytest.raises((httpx2.ReadError, httpx2.RemoteProtocolError)):
+        client.get(url)
+    assert lfs_hub.wait_idle()
+    rec = lfs_hub.stats.requests_for(kind="cdn")[-1]
+    assert rec.fault == "reset" and rec.bytes_sent == 100_000
+    assert lfs_hub.faults.reset_after_bytes is None  # one-shot
+    assert len(client.get(url).content) == SMALL_LFS_SIZE
+
+    # every response, seen at the socket level as ECONNRESET (not a clean EOF)
+    lfs_hub.faults.reset_after_bytes = 0
+    lfs_hub.faults.reset_every = True
+    for _ in range(2):
+        got, err = _raw_get(lfs_hub, url)
+        assert isinstance(err, ConnectionResetError), (len(got), err)
+    assert lfs_hub.stats.faults_fired["reset"] == 3
+
+
+def test_truncate_body_closes_cleanly_short(lfs_hub: HubEmulator, client: httpx2.Client) -> None:
+    url = _lfs_url(client, lfs_hub)
+    lfs_hub.faults.truncate_after_bytes = 5000
+    got, err = _raw_get(lfs_hub, url)
+    assert err is None  # a FIN, not a reset
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert f"Content-Length: {SMALL_LFS_SIZE}".encode() in head and len(body) == 5000
+    lfs_hub.faults.truncate_after_bytes = 5000
+    with pytest.raises(httpx2.RemoteProtocolError):
+        client.get(url)
+
+
+def test_stall_mid_body_times_out_client_and_ends_when_it_leaves(
+    lfs_hub: HubEmulator, client: httpx2.Client
+) -> None:
+    url = _lfs_url(client, lfs_hub)
+    lfs_hub.faults.stall_mid_body = (200_000, math.inf)
+    received = 0
+    with httpx2.Client(timeout=httpx2.Timeout(5, read=0.5)) as c:
+        with pytest.raises(httpx2.ReadTimeout):
+            with c.stream("GET", url) as r:
+                for chunk in r.iter_bytes():
+                    received += len(chunk)
+    assert received == 200_000
+    # the infinite stall ends because the client went away
+    assert lfs_hub.wait_for(lambda s: all(r.done for r in s.requests), timeout=5)
+    assert lfs_hub.stats.faults_fired["stall_mid_body"] == 1
+
+
+def test_stall_before_headers_and_api(lfs_hub: HubEmulator) -> None:
+    lfs_hub.faults.stall_before_headers = 30
+    with httpx2.Client(timeout=httpx2.Timeout(5, read=0.3)) as c:
+        with pytest.raises(httpx2.ReadTimeout):
+            c.head(_resolve(lfs_hub, "config.json", repo="org/dir"))
+        lfs_hub.faults.stall_before_headers = 0
+        lfs_hub.faults.stall_api = 30
+        with pytest.raises(httpx2.ReadTimeout):
+            c.get(f"{lfs_hub.url}/api/models/org/dir")
+        lfs_hub.faults.stall_api = 0
+        assert c.get(f"{lfs_hub.url}/api/models/org/dir").status_code == 200
+    assert lfs_hub.stats.faults_fired["stall_before_headers"] == 1
+    assert lfs_hub.stats.faults_fired["stall_api"] == 1
+
+
+def test_stop_interrupts_stalls_promptly(small_repo: Path) -> None:
+    hub = HubEmulator().start()
+    hub.add_repo("org/dir", small_repo)
+    hub.faults.stall_before_headers = math.inf
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            httpx2.get(_resolve(hub, "config.json", repo="org/dir"), timeout=30)
+        except httpx2.HTTPError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=fetch)
+    t.start()
+    assert hub.wait_for(lambda s: s.faults_fired["stall_before_headers"] == 1, timeout=5)
+    began = time.monotonic()
+    hub.stop()
+    t.join(timeout=5)
+    assert not t.is_alive() and len(errors) == 1
+    assert time.monotonic() - began < 3
+
+
+def test_fail_next_burst(lfs_hub: HubEmulator, client: httpx2.Client) -> None:
+    url = _lfs_url(client, lfs_hub)
+    lfs_hub.fail_next(2, status=429, retry_after=7, kind="cdn")
+    assert client.head(_resolve(lfs_hub, "config.json", repo="org/dir")).status_code == 200  # other kind
+    for _ in range(2):
+        r = client.get(url)
+        assert r.status_code == 429 and r.headers["Retry-After"] == "7"
+    assert client.get(url).status_code == 200
+    lfs_hub.fail_next(1, status=503, kind="api")
+    r = client.get(f"{lfs_hub.url}/api/models/org/dir")
+    assert r.status_code == 503 and "Retry-After" not in r.headers and "error" in r.json()
+    lfs_hub.fail_next(1, status=500, kind="any", path="tokenizer/*")
+    assert client.get(_resolve(lfs_hub, "config.json", repo="org/dir")).status_code == 200
+    assert client.get(_resolve(lfs_hub, "tokenizer/vocab.txt", repo="org/dir")).status_code == 500
+    assert lfs_hub.stats.faults_fired == {"fail_429": 2, "fail_503": 1, "fail_500": 1}
+
+
+def test_flip_byte(lfs_hub: HubEmulator, small_repo: Path, client: httpx2.Client) -> None:
+    want = (small_repo / "model.safetensors").read_bytes()
+    url = _lfs_url(client, lfs_hub)
+    offset = 5_000_003
+    lfs_hub.faults.flip_byte_at = offset
+    got = client.get(url).content
+    # exactly one byte differs, and it is the inverted one
+    assert len(got) == len(want) and got[offset] == want[offset] ^ 0xFF
+    assert got[:offset] == want[:offset] and got[offset + 1 :] == want[offset + 1 :]
+    assert client.get(url).content == want  # once
+    # always, and with absolute offsets inside a Range
+    lfs_hub.faults.flip_byte_at = offset
+    lfs_hub.faults.flip_every = True
+    part = client.get(url, headers={"Range": f"bytes={offset - 10}-{offset + 10}"}).content
+    assert (
+        part[10] == want[offset] ^ 0xFF
+        and part[:10] + part[11:] == want[offset - 10 : offset] + want[offset + 1 : offset + 11]
+    )
+    assert client.get(url).content != want
+    assert lfs_hub.stats.faults_fired["flip"] == 3
+
+
+def test_ignore_range(lfs_hub: HubEmulator, client: httpx2.Client) -> None:
+    url = _resolve(lfs_hub, "tokenizer/vocab.txt", repo="org/dir")
+    lfs_hub.faults.ignore_range = True
+    r = client.get(url, headers={"Range": "bytes=10-"})
+    assert r.status_code == 200 and "Content-Range" not in r.headers
+    assert r.content == (Path(lfs_hub.files("org/dir")["tokenizer/vocab.txt"].source or "")).read_bytes()
+
+
+def test_faults_scoped_by_path(lfs_hub: HubEmulator, client: httpx2.Client) -> None:
+    lfs_hub.faults.path = "tokenizer/*"
+    lfs_hub.faults.reset_after_bytes = 10
+    lfs_hub.faults.reset_every = True
+    assert len(client.get(_lfs_url(client, lfs_hub)).content) == SMALL_LFS_SIZE
+    with pytest.raises((httpx2.ReadError, httpx2.RemoteProtocolError)):
+        client.get(_resolve(lfs_hub, "tokenizer/vocab.txt", repo="org/dir"))
+    lfs_hub.clear_faults()
+    assert lfs_hub.faults.path == "*" and lfs_hub.faults.reset_after_bytes is None
+
+
+def test_rate_limits(lfs_hub: HubEmulator, client: httpx2.Client) -> None:
+    url = _lfs_url(client, lfs_hub)
+    n = 400_000
+    lfs_hub.faults.rate_limit_per_connection = 2_000_000
+    began = time.monotonic()
+    assert len(client.get(url, headers={"Range": f"bytes=0-{n - 1}"}).content) == n
+    assert time.monotonic() - began >= 0.9 * n / 2_000_000
+    lfs_hub.clear_faults()
+
+    # global: two parallel streams share one budget, so together they take twice as long
+    lfs_hub.faults.rate_limit_global = 2_000_000
+    done: list[int] = []
+
+    def fetch() -> None:
+        with httpx2.Client(timeout=10) as c:
+            done.append(len(c.get(url, headers={"Range": f"bytes=0-{n - 1}"}).content))
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert done == [n, n]
+    assert time.monotonic() - began >= 0.9 * 2 * n / 2_000_000
+
+
+def test_outage_refuses_then_recovers_on_same_port(lfs_hub: HubEmulator, client: httpx2.Client) -> None:
+    port = lfs_hub.port
+    api = f"{lfs_hub.url}/api/models/org/dir"
+    assert client.get(api).status_code == 200
+    lfs_hub.down()
+    assert not lfs_hub.is_up
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.get(api, timeout=2)
+    lfs_hub.up()
+    assert lfs_hub.port == port and client.get(api).status_code == 200
+
+    lfs_hub.outage(0.5)
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.get(api, timeout=2)
+    assert lfs_hub.wait_up(timeout=5)
+    assert httpx2.get(api, timeout=2).status_code == 200
+
+
+def test_outage_breaks_in_flight_transfers(lfs_hub: HubEmulator, client: httpx2.Client) -> None:
+    url = _lfs_url(client, lfs_hub)
+    lfs_hub.faults.stall_mid_body = (100_000, math.inf)
+    outcome: list[BaseException | int] = []
+
+    def fetch() -> None:
+        try:
+            outcome.append(len(httpx2.get(url, timeout=10).content))
+        except httpx2.HTTPError as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=fetch)
+    t.start()
+    assert lfs_hub.wait_for(lambda s: s.faults_fired["stall_mid_body"] == 1, timeout=5)
+    lfs_hub.down()
+    t.join(timeout=5)
+    assert len(outcome) == 1 and isinstance(outcome[0], httpx2.TransportError)
+    lfs_hub.up()
+    assert len(client.get(_lfs_url(client, lfs_hub)).content) == SMALL_LFS_SIZE
+
+
+def test_hf_hub_download_resumes_after_truncation(
+    lfs_hub: HubEmulator, small_repo: Path, tmp_path: Path
+) -> None:
+    """huggingface_hub retries a short body with `Range: bytes=N-`, N a multiple of its 10 MiB chunk
+    (shared/context/huggingface_hub-2.4.md); the result is still exact."""
+    from huggingface_hub import hf_hub_download
+
+    lfs_hub.faults.truncate_after_bytes = 11 * 1024 * 1024
+    p = hf_hub_download("org/dir", "model.safetensors", endpoint=lfs_hub.url, cache_dir=tmp_path)
+    assert Path(p).read_bytes() == (small_repo / "model.safetensors").read_bytes()
+    assert lfs_hub.wait_idle()
+    cdn = lfs_hub.stats.requests_for(kind="cdn")
+    assert [(r.range, r.status, r.fault) for r in cdn] == [
+        (None, 200, "truncate"),
+        (f"bytes={10 * 1024 * 1024}-", 206, None),
+    ]
+    assert lfs_hub.stats.bytes_served == 11 * 1024 * 1024 + SMALL_LFS_SIZE - 10 * 1024 * 1024

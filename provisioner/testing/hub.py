@@ -223,6 +223,7 @@ class RequestRecord:
     bytes_sent: int = 0
     fault: str | None = None  # the fault that hit this response, if any
     done: bool = False  # the handler has finished with this response (sent, failed or aborted)
+    authorization: bool = False  # the request carried an Authorization header (must not reach the CDN)
 
 
 @dataclass
@@ -1051,7 +1052,9 @@ class HubEmulator:
     def _send_headers(self, ctx: _Ctx, status: int, headers: Mapping[str, str]) -> None:
         h = ctx.handler
         rng = h.headers.get("Range")
-        record = RequestRecord(ctx.method, ctx.path, rng, status, ctx.kind)
+        record = RequestRecord(
+            ctx.method, ctx.path, rng, status, ctx.kind, authorization="Authorization" in h.headers
+        )
         with self._lock:
             self._stats.requests.append(record)
             self._cond.notify_all()
