@@ -1,0 +1,153 @@
+"""The hash frontier: sha256 + git blob sha1 of a file computed while its segments stream in.
+
+The hasher must see the bytes in order, but segments land out of order. `position` is the
+frontier: every byte before it has been hashed. Writers `offer()` each chunk right after it is on
+disk; a chunk that starts exactly at the frontier is hashed inline (no re-read). Anything else
+(later segments, the prefix of a resumed partial) is read back from the part file, which is in
+the page cache, by a per-file hasher thread (multi-segment files) or synchronously
+(`catch_up()`, single-stream files before they resume). Memory stays at one chunk per reader.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .errors import LocalIOError
+from .fetch_journal import Journal
+from .verify import Digests, Hasher
+
+READ_CHUNK = 1 << 20
+_WAKE_SECONDS = 1.0  # re-check period of the hasher thread; notify() normally wakes it at once
+
+
+class HashFrontier:
+    def __init__(self, journal: Journal, *, threaded: bool) -> None:
+        self._journal = journal
+        self._size = journal.entry.size
+        self._hasher = Hasher(self._size)
+        self.position = 0
+        self._cond = threading.Condition()
+        self._busy = False  # someone is hashing bytes at `position` right now
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name=f"hash:{journal.entry.path[-40:]}", daemon=True)
+            self._thread.start()
+
+    # ---- writers -----------------------------------------------------------------------------
+    def offer(self, pos: int, data: bytes | bytearray | memoryview) -> None:
+        """`data` was just written at `pos` and its offset recorded; hash it now if it is next."""
+        with self._cond:
+            if self._busy or pos != self.position or self._closed:
+                self._cond.notify_all()
+                return
+            self._busy = True
+        try:
+            with memoryview(data) as view:  # released at once: the caller reuses its bytearray
+                self._hasher.update(view)
+        finally:
+            with self._cond:
+                self.position += len(data)
+                self._busy = False
+                self._cond.notify_all()
+
+    def reset(self) -> None:
+        """Start over from byte 0 (single-stream files only: the data is being rewritten)."""
+        if self._thread is not None:
+            raise RuntimeError("reset() is only for single-stream files")
+        with self._cond:
+            self._hasher = Hasher(self._size)
+            self.position = 0
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # ---- readers ----------------------------------------------------------------------------
+    def _available_end(self) -> int:
+        """End of the contiguous on-disk bytes starting at the frontier (== position if none)."""
+        pos = self.position
+        for (start, end), done in zip(self._journal.segments, self._journal.done, strict=True):
+            if start <= pos < end:
+                return start + done
+        return pos
+
+    def _hash_from_disk(self, start: int, end: int) -> int:
+        try:
+            data = os.pread(self._journal.part_fd, end - start, start)
+        except OSError as exc:  # an unreadable part file is a local I/O failure, not a network one
+            raise LocalIOError(f"cannot read back {self._journal.part_path}: {exc.strerror or exc}",
+                               path=str(self._journal.part_path)) from exc
+        if not data:  # the part file is shorter than its journal claims: never hash garbage
+            raise LocalIOError(f"part file of {self._journal.entry.path} is truncated at {start}",
+                               path=str(self._journal.part_path))
+        self._hasher.update(data)
+        return len(data)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._closed and self.position < self._size and (
+                            self._busy or self._available_end() <= self.position):
+                        self._cond.wait(_WAKE_SECONDS)  # timeout: belt and braces against a lost notify
+                    if self._closed or self.position >= self._size:
+                        return
+                    self._busy = True
+                    start = self.position
+                    end = min(self._available_end(), start + READ_CHUNK)
+                n = 0
+                try:
+                    n = self._hash_from_disk(start, end)
+                finally:
+                    with self._cond:
+                        self.position += n
+                        self._busy = False
+                        self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - stored and re-raised by finish() in the owning worker
+            with self._cond:
+                self._error = exc
+                self._closed = True
+
+    def catch_up(self) -> None:
+        """Synchronously hash everything contiguous on disk from the frontier (single-stream resume)."""
+        while True:
+            with self._cond:
+                if self._busy:
+                    self._cond.wait(_WAKE_SECONDS)  # timeout: only the hasher thread sets busy, briefly
+                    continue
+                end = min(self._available_end(), self.position + READ_CHUNK)
+                if end <= self.position:
+                    return
+                self._busy = True
+                start = self.position
+            n = 0
+            try:
+                n = self._hash_from_disk(start, end)
+            finally:
+                with self._cond:
+                    self.position += n
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def finish(self) -> Digests:
+        """All bytes are on disk: stop the thread, hash any tail and return the digests."""
+        self.close()
+        if self._error is not None:
+            raise self._error
+        with self._cond:
+            self._closed = False  # catch_up() must not be short-circuited; no thread is left
+        self.catch_up()
+        if self.position != self._size:
+            raise LocalIOError(f"hashed {self.position} of {self._size} bytes of {self._journal.entry.path}",
+                               path=str(self._journal.part_path))
+        return self._hasher.digests()

@@ -1,0 +1,300 @@
+"""The on-disk journal of one partial download (see docs/design.md, "On-disk layout").
+
+    <state_dir>/partial/<key>.part     the file's bytes at their final offsets (sparse until done)
+    <state_dir>/partial/<key>.json     {"version", "path", "expected", "size", "etag", "no_range",
+                                        "segments": [[start, end), ...]}  (end exclusive)
+    <state_dir>/partial/<key>.offsets  one little-endian u64 per segment: bytes done in that segment
+
+Invariants that make a SIGKILL at any instant safe:
+* an offset only advances after the `pwrite` of its data returned, with one 8-byte `pwrite` (a
+  single syscall inside one page: the kernel applies it entirely or not at all);
+* the metadata file is replaced atomically (tmp + rename) and is written last when a journal is
+  created or re-laid out, so a half-written journal is detected (mismatch) and discarded, never
+  trusted;
+* the key includes the expected hash: a new plan with new content never splices onto old bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+from .errors import LocalIOError, NoSpaceError
+from .manifest import FileEntry
+
+JOURNAL_VERSION = 1
+_U64 = struct.Struct("<Q")
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def part_key(entry: FileEntry) -> str:
+    """sha256(path + "\\0" + expected)[:32]: the file name stem of a partial."""
+    return hashlib.sha256((entry.path + "\0" + entry.expected).encode("utf-8")).hexdigest()[:32]
+
+
+def partial_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "partial"
+
+
+def _paths(state_dir: Path, entry: FileEntry) -> tuple[Path, Path, Path]:
+    base = partial_dir(state_dir) / part_key(entry)
+    return base.with_suffix(".part"), base.with_suffix(".json"), base.with_suffix(".offsets")
+
+
+def part_path(state_dir: Path, entry: FileEntry) -> Path:
+    return _paths(state_dir, entry)[0]
+
+
+def layout_segments(size: int, *, split_threshold: int, connections: int) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) of a file: one for small files, `connections` for large ones."""
+    if size <= 0:
+        return []
+    n = connections if size >= split_threshold else 1
+    n = max(1, min(n, size))
+    bounds = [size * i // n for i in range(n + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(n)]
+
+
+def local_error(exc: OSError, *, path: Path, needed: int) -> Exception:
+    """Map an OSError from the state directory to the product's error types."""
+    if exc.errno in _NO_SPACE_ERRNOS:
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:  # statvfs itself failing must not hide the ENOSPC we are reporting
+            free = 0
+        return NoSpaceError(f"no space left on the target filesystem while writing {path.name}; partial data kept",
+                            path=str(path), needed_bytes=needed, free_bytes=free)
+    return LocalIOError(f"cannot write {path}: {exc.strerror or exc}", path=str(path))
+
+
+def _valid_segments(raw: Any, size: int) -> list[tuple[int, int]] | None:
+    if not isinstance(raw, list):
+        return None
+    segs: list[tuple[int, int]] = []
+    cursor = 0
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(v, int) for v in item)):
+            return None
+        start, end = item
+        if start != cursor or end <= start:
+            return None
+        segs.append((start, end))
+        cursor = end
+    if cursor != size:
+        return None
+    return segs
+
+
+def _load(state_dir: Path, entry: FileEntry) -> tuple[dict[str, Any], list[tuple[int, int]], list[int]] | None:
+    """A consistent journal for `entry`, or None (absent, stale, or damaged)."""
+    part, meta_path, offsets_path = _paths(state_dir, entry)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        raw_offsets = offsets_path.read_bytes()
+        part_size = part.stat().st_size
+    except (OSError, ValueError):  # missing or unreadable/garbled file: not resumable, start over
+        return None
+    if not isinstance(meta, dict) or meta.get("version") != JOURNAL_VERSION:
+        return None
+    if meta.get("path") != entry.path or meta.get("expected") != entry.expected or meta.get("size") != entry.size:
+        return None
+    segs = _valid_segments(meta.get("segments"), entry.size)
+    if segs is None or len(raw_offsets) != _U64.size * len(segs) or part_size != entry.size:
+        return None
+    done = [_U64.unpack_from(raw_offsets, i * _U64.size)[0] for i in range(len(segs))]
+    if any(d > end - start for d, (start, end) in zip(done, segs, strict=True)):
+        return None
+    return meta, segs, done
+
+
+def partial_bytes_on_disk(state_dir: Path, entry: FileEntry) -> int:
+    """Resumable bytes of `entry` present in the state directory (0 if none or not trustworthy)."""
+    loaded = _load(state_dir, entry)
+    return sum(loaded[2]) if loaded else 0
+
+
+def _unlink_all(state_dir: Path, entry: FileEntry, *, keep_part: bool = False) -> None:
+    part, meta, offsets = _paths(state_dir, entry)
+    victims = [meta, meta.with_suffix(".json.tmp"), offsets]
+    if not keep_part:
+        victims.append(part)
+    for p in victims:
+        try:
+            p.unlink()
+        except FileNotFoundError:  # already gone: that is the goal
+            pass
+        except OSError as exc:  # read-only volume etc.: the caller must know the partial is still there
+            raise local_error(exc, path=p, needed=0) from exc
+
+
+def discard_partial(state_dir: Path, entry: FileEntry) -> int:
+    """Delete a file's partial data (e.g. after a checksum mismatch). Returns the bytes dropped."""
+    dropped = partial_bytes_on_disk(state_dir, entry)
+    _unlink_all(state_dir, entry)
+    return dropped
+
+
+def clear_journal(state_dir: Path, entry: FileEntry) -> None:
+    """Forget the journal of a file whose `.part` the caller has moved into place."""
+    _unlink_all(state_dir, entry, keep_part=True)
+
+
+class Journal:
+    """An open partial: the part file and offsets file descriptors plus the segment layout.
+
+    Thread-safety: each segment's offset is written only by the one worker fetching that segment;
+    metadata changes (etag, layout) take `_lock`.
+    """
+
+    def __init__(self, state_dir: Path, entry: FileEntry, *, segments: list[tuple[int, int]], done: list[int],
+                 etag: str | None, no_range: bool) -> None:
+        self.state_dir = Path(state_dir)
+        self.entry = entry
+        self.part_path, self.meta_path, self.offsets_path = _paths(self.state_dir, entry)
+        self.segments = segments
+        self.done = done
+        self.etag = etag
+        self.no_range = no_range
+        self._lock = threading.Lock()
+        self._part_fd = -1
+        self._offsets_fd = -1
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    @classmethod
+    def open(cls, state_dir: Path, entry: FileEntry, *, split_threshold: int, connections: int) -> Journal:
+        """Load a consistent journal for `entry` (resume) or create a fresh one."""
+        directory = partial_dir(state_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # read-only or full volume: a local problem, not a network one
+            raise local_error(exc, path=directory / "x", needed=entry.size) from exc
+        loaded = _load(state_dir, entry)
+        if loaded is not None:
+            meta, segs, done = loaded
+            etag = meta.get("etag") if isinstance(meta.get("etag"), str) else None
+            journal = cls(state_dir, entry, segments=segs, done=done, etag=etag,
+                          no_range=bool(meta.get("no_range", False)))
+            journal._open_fds(create=False)
+            return journal
+        _unlink_all(state_dir, entry)
+        journal = cls(state_dir, entry, done=[],
+                      segments=layout_segments(entry.size, split_threshold=split_threshold,
+                                               connections=connections),
+                      etag=None, no_range=False)
+        journal._open_fds(create=True)
+        journal._write_layout()
+        return journal
+
+    def _open_fds(self, *, create: bool) -> None:
+        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self._part_fd = os.open(self.part_path, flags | (os.O_CREAT if create else 0), 0o644)
+            if create:
+                os.ftruncate(self._part_fd, self.entry.size)  # sparse: no space reserved, no zeros written
+            self._offsets_fd = os.open(self.offsets_path, flags | os.O_CREAT, 0o644)
+        except OSError as exc:  # EROFS/EACCES/ENOSPC on the state directory
+            self.close(sync=False)
+            raise local_error(exc, path=self.part_path, needed=self.entry.size) from exc
+
+    def _write_layout(self) -> None:
+        """(Re)write offsets then metadata; a crash in between leaves a mismatch that `_load` rejects."""
+        self.done = [0] * len(self.segments)
+        try:
+            self.meta_path.unlink(missing_ok=True)
+            os.ftruncate(self._offsets_fd, 0)
+            if self.segments:
+                os.pwrite(self._offsets_fd, b"\0" * (_U64.size * len(self.segments)), 0)
+            self._write_meta()
+        except OSError as exc:  # the journal could not be laid out: nothing trustworthy on disk
+            raise local_error(exc, path=self.meta_path, needed=0) from exc
+
+    def _write_meta(self) -> None:
+        meta = {"version": JOURNAL_VERSION, "path": self.entry.path, "expected": self.entry.expected,
+                "size": self.entry.size, "etag": self.etag, "no_range": self.no_range,
+                "segments": [[s, e] for s, e in self.segments]}
+        tmp = self.meta_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, self.meta_path)
+
+    def flush(self) -> None:
+        """fsync the data and the offsets (at stop, failure and completion)."""
+        for fd, path in ((self._part_fd, self.part_path), (self._offsets_fd, self.offsets_path)):
+            if fd < 0:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError as exc:  # a failed fsync means the bytes may not be durable: report it
+                raise local_error(exc, path=path, needed=0) from exc
+
+    def close(self, *, sync: bool = True) -> None:
+        try:
+            if sync:
+                self.flush()
+        finally:
+            for attr in ("_part_fd", "_offsets_fd"):
+                fd = getattr(self, attr)
+                if fd >= 0:
+                    setattr(self, attr, -1)
+                    try:
+                        os.close(fd)
+                    except OSError:  # close errors after fsync carry no extra information
+                        pass
+
+    # ---- data ----------------------------------------------------------------------------
+    @property
+    def part_fd(self) -> int:
+        return self._part_fd
+
+    @property
+    def bytes_done(self) -> int:
+        return sum(self.done)
+
+    def remaining(self, seg: int) -> int:
+        start, end = self.segments[seg]
+        return end - start - self.done[seg]
+
+    def write(self, pos: int, data: bytes | bytearray | memoryview) -> None:
+        """pwrite `data` at `pos` (all of it) into the part file."""
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self._part_fd, view, pos)
+                view = view[n:]
+                pos += n
+        except OSError as exc:  # ENOSPC -> NoSpaceError, EROFS/EACCES/... -> LocalIOError
+            raise local_error(exc, path=self.part_path, needed=self.entry.size - self.bytes_done) from exc
+
+    def advance(self, seg: int, n: int) -> None:
+        """Record that `n` more bytes of segment `seg` are on disk (call only after `write` returned)."""
+        value = self.done[seg] + n
+        try:
+            os.pwrite(self._offsets_fd, _U64.pack(value), seg * _U64.size)
+        except OSError as exc:  # the offset did not move: the data will simply be fetched again
+            raise local_error(exc, path=self.offsets_path, needed=0) from exc
+        self.done[seg] = value
+
+    def record_etag(self, etag: str) -> None:
+        with self._lock:
+            if self.etag is None:
+                self.etag = etag
+                try:
+                    self._write_meta()
+                except OSError as exc:  # could not persist: a later resume just cannot send If-Range
+                    raise local_error(exc, path=self.meta_path, needed=0) from exc
+
+    def reset(self, *, segments: list[tuple[int, int]], no_range: bool) -> int:
+        """Drop all progress and lay the file out again. Returns the bytes dropped."""
+        with self._lock:
+            dropped = self.bytes_done
+            self.segments = segments
+            self.no_range = no_range
+            self.etag = None
+            self._write_layout()
+            return dropped
