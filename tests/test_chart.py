@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from provisioner.config import SETTINGS
+from provisioner.config import SETTINGS, Config
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "model-provisioner"
@@ -329,7 +329,7 @@ def test_fix_permissions_is_opt_in_and_only_chowns(helm: str) -> None:
 
 # --------------------------------------------------------------------------------------------- RBAC
 
-RULE_EVENTS = {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+RULE_EVENTS = {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}
 RULE_LEASES = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
 RULES_POD = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
              {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]}]
@@ -372,6 +372,7 @@ def test_rbac_is_least_privilege(helm: str, case: str) -> None:
                     kube["conditionType"] if kube["readinessCondition"] else None)
                 assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
                 assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+                assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
 
 
 @pytest.mark.parametrize("case,gated", [("kubeReadiness", True), ("kubeAll", True), ("allSettings", True),
@@ -396,6 +397,11 @@ def test_rendered_env_vars_are_real_settings_with_valid_values(helm: str, case: 
                 assert name in SETTING_ENVS, f"{where} {c['name']}: {name} is not a provisioner setting"
                 assert isinstance(value, str), f"{name} must be a plain string value"
                 SETTING_ENVS[name].parse(value)  # raises ConfigError on a value the provisioner would reject
+            if c["name"] == "model-provisioner":  # the whole set, as the provisioner reads it at start
+                environ = {k: v for k, v in env_of(c).items() if isinstance(v, str) and k != "PROVISIONER_TOKEN_FILE"}
+                config = Config.from_sources(environ=environ)
+                assert config.target == values(case)["model"]["mountPath"]
+                assert config.repo_id == values(case)["model"]["repoId"]
 
 
 def test_all_settings_case_covers_every_run_setting(helm: str) -> None:

@@ -98,8 +98,8 @@ Checks of value combinations the schema cannot express. Included once by every t
 {{- if and .Values.nodeCache.enabled (ne .Values.storage.type "hostPath") }}
 {{- fail "nodeCache.enabled needs storage.type=hostPath (the DaemonSet fills storage.hostPath.path on each node)" }}
 {{- end }}
-{{- if and .Values.kube.lease (not (has .Values.storage.type (list "pvc" "existingClaim"))) }}
-{{- fail (printf "kube.lease coordinates replicas that share one volume; storage.type=%s is not shared between pods: use pvc or existingClaim, or leave kube.lease off" .Values.storage.type) }}
+{{- if and .Values.kube.lease (eq .Values.storage.type "emptyDir") }}
+{{- fail "kube.lease coordinates replicas that share one volume; storage.type=emptyDir is private to each pod: use pvc, existingClaim or hostPath, or leave kube.lease off" }}
 {{- end }}
 {{- if and (eq .Values.storage.type "existingClaim") (not .Values.storage.existingClaim.name) }}
 {{- fail "storage.type=existingClaim needs storage.existingClaim.name" }}
@@ -189,6 +189,10 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
 {{- with $v.provisioner.extraEnv }}
 {{ toYaml . }}
 {{- end }}
