@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import socket
 import threading
 import time
@@ -684,3 +685,26 @@ def test_hf_hub_download_resumes_after_truncation(
         (f"bytes={10 * 1024 * 1024}-", 206, None),
     ]
     assert lfs_hub.stats.bytes_served == 11 * 1024 * 1024 + SMALL_LFS_SIZE - 10 * 1024 * 1024
+
+
+def test_standalone_cli(small_repo: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisioner.testing.hub", "--repo", f"org/cli={small_repo}"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        r = httpx2.get(f"{url}/api/models/org/cli/revision/main", timeout=10)
+        assert r.status_code == 200 and r.json()["id"] == "org/cli"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
