@@ -118,7 +118,8 @@ class KubeApi:
             resp = self.client.call_api(*params, _request_timeout=self.timeout)
             data = resp.read()
         except Exception as exc:  # noqa: BLE001 - urllib3/ssl/socket errors all mean "API not reachable"
-            raise KubeApiError(0, f"{type(exc).__name__}: {exc}") from None
+            cause = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the useful part
+            raise KubeApiError(0, f"{method} {path}: {type(cause).__name__}: {cause}") from None
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data or "")
         if not 200 <= resp.status <= 299:
             message, reason = text[:300], ""
