@@ -167,7 +167,7 @@ class HealthServer:
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="health-server", daemon=True)
         self._thread.start()
-        log.info("serving /metrics /healthz /readyz /status", extra={
+        log.debug("serving /metrics /healthz /readyz /status", extra={
             "event": "listen", "host": self.host, "port": self.port})
         return self
 

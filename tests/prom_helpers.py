@@ -98,6 +98,7 @@ class PrometheusServer:
         }, indent=2)
 
     def start(self, *, timeout: float = 30.0) -> PrometheusServer:
+        self.tmp.mkdir(parents=True, exist_ok=True)
         cfg = self.tmp / "prometheus.yml"
         cfg.write_text(self._config())
         (self.tmp / "tsdb").mkdir(exist_ok=True)
