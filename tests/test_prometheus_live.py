@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 from obs_helpers import REPO, SECRETS, leaky_retry, make_plan
 from prom_helpers import (
     LIVE_VARIABLES,
+    ROOT,
     PrometheusServer,
     dashboard_queries,
     find_tool,
@@ -144,6 +146,15 @@ def test_prometheus_scrapes_a_hand_driven_download(tmp_path: Path) -> None:
             assert scalar(prom, substitute(
                 "max(model_provisioner_last_success_timestamp_seconds) - min(min_over_time("
                 "timestamp(model_provisioner_build_info)[$__range:$__interval]))", LIVE_VARIABLES)) > 0
+            plot = tmp_path / "progress.png"
+            done = subprocess.run([sys.executable, str(ROOT / "scripts/plot_progress.py"), "--prometheus", prom.url,
+                                   "--start", str(start), "--step", "1", "--out", str(plot)],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode == 0, done.stderr
+            drawn = plot if plot.exists() else plot.with_suffix(".svg")
+            assert drawn.stat().st_size > 500
+            if drawn.suffix == ".svg":
+                assert "<polyline" in drawn.read_text() and "pod-0" in drawn.read_text()
             body = http_get(server.url + "/status")[2].decode() + http_get(server.url + "/metrics")[2].decode()
             assert not any(s in body for s in SECRETS)
     finally:
