@@ -64,8 +64,10 @@ def _version(dist: str) -> str:
 
 def build_labels() -> dict[str, str]:
     """The `build_info` labels: our version, Python's, huggingface_hub's."""
+    from . import __version__  # the source of truth when running from a checkout
+
     return {
-        "version": _version("model-provisioner"),
+        "version": __version__ or _version("model-provisioner"),
         "python": platform.python_version(),
         "huggingface_hub": _version("huggingface_hub"),
     }
