@@ -6,8 +6,8 @@ plan, calls `discard_partial` and fetches again on a mismatch, then moves the fi
 
 Design in brief (docs/design.md has the on-disk layout):
 * one `Journal` per file (fetch_journal.py): data is `pwrite`n at its final offset, and each
-  segment's u64 offset is advanced only after its data write returned, at most every 1 MiB (or
-  0.5 s), so a SIGKILL loses at most one buffered chunk per connection;
+  segment's u64 offset is advanced only after its data write returned, every 256 KiB (or
+  0.25 s), so a SIGKILL loses at most one buffered chunk per connection;
 * each segment resumes with `Range: bytes=N-M` + `If-Range: <etag>`; a 200 instead of a 206 means
   either the file changed (ETag/size differ: drop and restart) or the server ignores ranges (fall
   back to one stream from 0);
@@ -54,6 +54,7 @@ from .fetch_journal import (
     layout_segments,
     part_key,
     partial_bytes_on_disk,
+    prune_partials,
 )
 from .manifest import FileEntry, Plan
 from .progress import Tracker
@@ -68,13 +69,14 @@ __all__ = [
     "partial_bytes_on_disk",
     "part_key",
     "clear_journal",
+    "prune_partials",
     "make_client",
 ]
 
 log = logging.getLogger("provisioner.fetch")
 
-CHUNK_BYTES = 1 << 20  # write + offset update granularity (the most a SIGKILL can lose per connection)
-FLUSH_SECONDS = 0.5  # ... or this often on slow links, so progress and offsets stay fresh
+CHUNK_BYTES = 256 << 10  # write + offset update granularity (the most a SIGKILL can lose per connection)
+FLUSH_SECONDS = 0.25  # ... or this often on slow links, so progress and offsets stay fresh
 MAX_REDIRECTS = 10
 MAX_RESTARTS = 3  # per file and call: `changed` / `range_ignored` restarts before giving up
 POLL_SECONDS = 0.1  # how often the coordinator looks at the external stop event
@@ -407,10 +409,19 @@ class _Session:
                 if length is not None and length != size:
                     raise _Restart("changed", f"size on the hub is {length}, the plan says {size}")
                 if not journal.no_range:
-                    raise _Restart("range_ignored", "server answered 200 to a Range request")
+                    if start != 0 or len(journal.segments) != 1:
+                        raise _Restart("range_ignored", "server answered 200 to a Range request")
+                    # A fresh single stream got the whole file anyway: take it, remember not to resume.
+                    journal.mark_no_range()
+                    log.info("fetch %s: server ignores Range; this file will restart from 0 if interrupted",
+                             entry.path)
                 start, limit = 0, size
             else:
                 raise BadRemoteError(f"unexpected HTTP {resp.status_code} for {entry.path}")
+            encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise BadRemoteError(f"{entry.path}: server sent Content-Encoding {encoding!r} despite "
+                                     "Accept-Encoding: identity; byte ranges would not line up")
             if etag and journal.etag is None:
                 journal.record_etag(etag)
             self._consume(job, seg, frontier, resp, start=start, limit=limit)
@@ -641,6 +652,6 @@ def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, config: Config, sta
             http.close()
     if first_error is not None:
         raise first_error
-    if stop.is_set() or stopped or len(results) < len(order):
+    if stopped or len(results) < len(order):
         raise Interrupted(int(getattr(stop, "signum", 15)))
     return results

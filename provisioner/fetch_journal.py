@@ -23,6 +23,7 @@ import os
 import shutil
 import struct
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,29 @@ def discard_partial(state_dir: Path, entry: FileEntry) -> int:
 def clear_journal(state_dir: Path, entry: FileEntry) -> None:
     """Forget the journal of a file whose `.part` the caller has moved into place."""
     _unlink_all(state_dir, entry, keep_part=True)
+
+
+def prune_partials(state_dir: Path, keep: Iterable[FileEntry]) -> int:
+    """Delete partials of files not in `keep` (an older plan's leftovers). Returns bytes freed."""
+    directory = partial_dir(state_dir)
+    wanted = {part_key(e) for e in keep}
+    freed = 0
+    try:
+        victims = [p for p in directory.iterdir() if p.name.split(".", 1)[0] not in wanted]
+    except FileNotFoundError:  # no partial directory yet: nothing to prune
+        return 0
+    except OSError as exc:  # unreadable state directory: a local problem worth reporting
+        raise local_error(exc, path=directory / "x", needed=0) from exc
+    for p in victims:
+        try:
+            size = p.stat().st_blocks * 512 if p.suffix == ".part" else 0
+            p.unlink()
+            freed += size
+        except FileNotFoundError:  # raced with another cleanup: already gone
+            pass
+        except OSError as exc:  # read-only volume: the leftovers stay, the caller must know
+            raise local_error(exc, path=p, needed=0) from exc
+    return freed
 
 
 class Journal:
@@ -288,6 +312,15 @@ class Journal:
                     self._write_meta()
                 except OSError as exc:  # could not persist: a later resume just cannot send If-Range
                     raise local_error(exc, path=self.meta_path, needed=0) from exc
+
+    def mark_no_range(self) -> None:
+        """The server ignores Range: from now on this file is fetched in one stream from 0."""
+        with self._lock:
+            self.no_range = True
+            try:
+                self._write_meta()
+            except OSError as exc:  # could not persist: a resume would just discover it again
+                raise local_error(exc, path=self.meta_path, needed=0) from exc
 
     def reset(self, *, segments: list[tuple[int, int]], no_range: bool) -> int:
         """Drop all progress and lay the file out again. Returns the bytes dropped."""
