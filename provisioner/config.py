@@ -124,6 +124,8 @@ def _listen(raw: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"listen: expected HOST:PORT (or 'off'), got {raw!r}", setting="listen")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ConfigError(f"listen: put an IPv6 address in brackets, e.g. [::]:8080; got {raw!r}", setting="listen")
     return value
 
 

@@ -11,7 +11,8 @@ import re
 import threading
 from collections.abc import Iterable
 
-_URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)[?#][^\s\"'<>]*")
+# (?!<redacted>) keeps redaction idempotent: text that passes through twice is not mangled.
+_URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)[?#](?!<redacted>)[^\s\"'<>]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
 _AUTH_HEADER = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+(\s+[^'\",}\s]+)?")

@@ -7,6 +7,10 @@ cd "$repo_root"
 bash scripts/install-python.sh test
 bash scripts/install-tools.sh
 export PATH="$repo_root/.tools/bin:$PATH"
+# Tool-backed tests skip when a tool is absent (handy on a laptop); here a missing tool is an install bug.
+for tool in helm kubectl promtool prometheus hadolint kubernetes-validate; do
+    command -v "$tool" >/dev/null || { echo "test: $tool is missing after install" >&2; exit 1; }
+done
 echo "test: ruff" >&2
 ruff check provisioner tests benchmarks scripts
 echo "test: mypy" >&2

@@ -63,3 +63,17 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", now=0) == pytest.approx(10)
+
+
+def test_redact_is_idempotent() -> None:
+    once = redact("GET https://cdn.example/b?Expires=1&Signature=zzz and hf_abcdefghijklmn")
+    assert redact(once) == once
+
+
+def test_listen_ipv6_needs_brackets() -> None:
+    from provisioner.config import Config
+    from provisioner.errors import ConfigError
+
+    assert Config.from_sources(args={"listen": "[::1]:8080"}, environ={}).listen == "[::1]:8080"
+    with pytest.raises(ConfigError, match="brackets"):
+        Config.from_sources(args={"listen": "::1:8080"}, environ={})
