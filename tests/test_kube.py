@@ -60,6 +60,15 @@ def _coordinator(environ: dict[str, str], state_dir: Path, name: str, *, duratio
                                  fallback=FileLock(state_dir, identity=identity), poll_seconds=poll)
 
 
+def _deadline_stop(seconds: float = 15.0) -> threading.Event:
+    """A stop event that fires after `seconds`: a broken coordinator fails the test instead of hanging it."""
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.daemon = True
+    timer.start()
+    return stop
+
+
 def _wait(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -295,7 +304,7 @@ def test_expired_lease_is_taken_over(fake: FakeApiServer, environ: dict[str, str
     died = time.monotonic()
     tb = _tracker()
     with caplog.at_level(logging.WARNING, logger="provisioner.kube"):
-        with b.hold(key=KEY, tracker=tb, stop=threading.Event()):
+        with b.hold(key=KEY, tracker=tb, stop=_deadline_stop()):
             took = time.monotonic() - died
             lease = fake.lease(NS, name)
             assert lease is not None and lease["spec"]["holderIdentity"] == b.identity
@@ -317,7 +326,7 @@ def test_stale_lease_from_long_ago_is_taken_at_once(fake: FakeApiServer, environ
                  "renewTime": kube._micro_time(time.time() - 3600)}})
     b = _coordinator(environ, state, "pod-b", duration=5)
     t0 = time.monotonic()
-    with b.hold(key=KEY, tracker=_tracker(), stop=threading.Event()):
+    with b.hold(key=KEY, tracker=_tracker(), stop=_deadline_stop()):
         assert time.monotonic() - t0 < 2
 
 
