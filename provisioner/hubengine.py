@@ -1,0 +1,442 @@
+"""`--engine hub`: huggingface_hub's own `snapshot_download` (plain HTTP or Xet), wrapped with our
+plan, retry budget, progress tracking and stop handling. Verification and the ready marker stay
+with the caller, which hashes the files in place afterwards (`verify.hash_file`).
+
+What the library decides, and what we do about it (see docs/engines.md):
+
+* Files land at their final paths in `config.target` (local_dir mode). huggingface_hub also writes
+  `<target>/.cache/huggingface/` (per-file metadata, locks, the tree listing) and its `refs` into
+  `cache_dir`, which we point at `<target>/.provisioner/hub-cache` so nothing is written outside the
+  volume (a readOnlyRootFilesystem works).
+* No partial data survives a failed call: huggingface_hub deletes its `.incomplete` file. Every retry
+  of ours restarts the files that had not completed; completed files are not fetched again.
+* Progress: snapshot_download reports aggregated byte counts without file identity. We attribute
+  them to the pending files in plan order (a file's share is an estimate while the call runs) and
+  settle each file exactly after the call: completed files are marked done, the bytes attributed to
+  the others are discarded. `tracker.bytes_received` is exact: every byte the library reports as
+  received from the network, re-sent bytes included.
+* Timeouts: huggingface_hub reads `HF_HUB_DOWNLOAD_TIMEOUT` into a module constant at import time and
+  looks it up at each download, so we set `constants.HF_HUB_DOWNLOAD_TIMEOUT` (an idle timeout per
+  socket read, our stall timeout) before the call. The per-HEAD `etag_timeout` is an argument. The
+  tree listing uses the shared client, whose factory `plan._install_hub_client` gives connect/read
+  timeouts.
+* Stop: snapshot_download cannot be cancelled, so it runs in a daemon thread. When `stop` is set we
+  raise `Interrupted` at once; the progress hook makes the worker threads abandon their downloads at
+  their next chunk (huggingface_hub then deletes their `.incomplete` files).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx2
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import errors as hf_errors
+from huggingface_hub import get_cached_repo_tree, snapshot_download
+from huggingface_hub.utils import tqdm as hf_tqdm
+
+from .config import Config
+from .errors import (
+    BadRemoteError,
+    Interrupted,
+    LocalIOError,
+    NoSpaceError,
+    NotFoundError,
+    ProvisionerError,
+    RetryBudgetExhausted,
+    TransientError,
+    UnauthorizedError,
+)
+from .manifest import FileEntry, Plan
+from .plan import _install_hub_client
+from .progress import Tracker
+from .redact import redact
+from .retry import RetryBudget, parse_retry_after
+
+log = logging.getLogger("provisioner.hubengine")
+
+HUB_METADATA_DIR = ".cache/huggingface"  # what huggingface_hub writes inside local_dir
+HUB_CACHE_DIR = ".provisioner/hub-cache"  # our cache_dir for the library (it writes refs there)
+_TRANSFER_BAR_NAME = "huggingface_hub.snapshot_download.transfer"
+_TRANSFER_BAR_DESC = "Downloading bytes"
+_POLL_SECONDS = 0.2  # how often the waiting thread looks at `stop`
+_MAX_CHAIN = 8
+
+
+class _StopRequested(BaseException):  # noqa: N818 - BaseException so no library `except Exception` swallows it
+    """Raised inside the library's worker threads (from the progress hook) once `stop` is set."""
+
+
+# ---- progress ---------------------------------------------------------------------------------------
+
+class _ByteSink:
+    """Turns snapshot_download's aggregated byte counts into Tracker updates (see module docstring)."""
+
+    def __init__(self, entries: Sequence[FileEntry], *, tracker: Tracker, budget: RetryBudget,
+                 stop: threading.Event) -> None:
+        self._tracker = tracker
+        self._budget = budget
+        self._stop = stop
+        self._abandoned = threading.Event()
+        self._lock = threading.Lock()
+        self._sizes = {e.path: e.size for e in entries}
+        self._order = [e.path for e in entries]
+        self._attributed = {e.path: 0 for e in entries}
+        self._started: set[str] = set()
+        self._settled: set[str] = set()
+        self._history: list[tuple[str, int]] = []  # (path, n) attributions of this attempt, newest last
+        self.received = 0  # bytes from the network, all attempts
+        self.received_this_attempt = 0
+
+    def new_attempt(self) -> None:
+        with self._lock:
+            self.received_this_attempt = 0
+            self._history.clear()
+
+    def abandon(self) -> None:
+        """Make the library's worker threads give up at their next chunk (we stopped waiting for them)."""
+        self._abandoned.set()
+
+    def add(self, n: int) -> None:
+        """Called from the library's worker threads for every chunk (n < 0: bytes thrown away)."""
+        if self._stop.is_set() or self._abandoned.is_set():
+            raise _StopRequested()
+        if n == 0:
+            return
+        with self._lock:
+            if n < 0:
+                self._take_back(-n)
+                return
+            self.received += n
+            self.received_this_attempt += n
+            self._budget.progress()
+            left = n
+            for path in self._order:
+                if left == 0:
+                    break
+                if path in self._settled:
+                    continue
+                room = self._sizes[path] - self._attributed[path]
+                if room <= 0:
+                    continue
+                k = min(room, left)
+                self._credit(path, k)
+                left -= k
+            if left:
+                # More than the pending files hold (bytes re-sent after an in-call resume): count them as
+                # received but not as on disk.
+                path = self._order[-1]
+                self._tracker.add_bytes(path, left)
+                self._tracker.discard_bytes(path, left)
+
+    def _credit(self, path: str, k: int) -> None:
+        if path not in self._started:
+            self._started.add(path)
+            self._tracker.file_started(path, offset=0)
+        self._attributed[path] += k
+        self._history.append((path, k))
+        self._tracker.add_bytes(path, k)
+
+    def _take_back(self, n: int) -> None:
+        """The library rewound a file (a server ignored Range): those bytes are no longer on disk."""
+        while n > 0 and self._history:
+            path, k = self._history.pop()
+            if path in self._settled:
+                continue
+            take = min(k, n, self._attributed[path])
+            if take <= 0:
+                continue
+            self._attributed[path] -= take
+            self._tracker.discard_bytes(path, take)
+            n -= take
+            if k > take:
+                self._history.append((path, k - take))
+
+    def settle(self, *, completed: Sequence[str]) -> None:
+        """After a call: completed files are done; bytes attributed to the others are gone."""
+        with self._lock:
+            done = set(completed)
+            for path in self._order:
+                if path in self._settled:
+                    continue
+                if path in done:
+                    self._settled.add(path)
+                    self._tracker.file_done(path)
+                elif self._attributed[path]:
+                    self._tracker.discard_bytes(path, self._attributed[path])
+                    self._attributed[path] = 0
+            self._history.clear()
+
+    def tqdm_class(self) -> type[hf_tqdm]:
+        return type("_TrackerTqdm", (_TrackerTqdm,), {"_sink": self})
+
+
+class _TrackerTqdm(hf_tqdm):
+    """A silent progress bar; the transfer bar forwards its byte updates to a `_ByteSink`."""
+
+    _sink: _ByteSink | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        name = kwargs.pop("name", None)
+        self._is_transfer = name == _TRANSFER_BAR_NAME or kwargs.get("desc") == _TRANSFER_BAR_DESC
+        kwargs["disable"] = True  # our logs and /status report progress; never draw on stderr
+        super().__init__(*args, **kwargs)
+
+    def update(self, n: float | None = 1) -> bool | None:
+        if self._is_transfer and self._sink is not None and n:
+            self._sink.add(int(n))
+        return super().update(n)
+
+
+# ---- error classification ---------------------------------------------------------------------------
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """exc and its causes/contexts: snapshot_download wraps network errors in LocalEntryNotFoundError."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out and len(out) < _MAX_CHAIN:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def _file_from_url(url: str) -> str | None:
+    path = urlsplit(url).path
+    if "/resolve/" not in path:
+        return None
+    tail = path.split("/resolve/", 1)[1]
+    return unquote(tail.split("/", 1)[1]) if "/" in tail else None
+
+
+def _classify_http(exc: hf_errors.HfHubHTTPError, *, plan: Plan) -> ProvisionerError:
+    response = exc.response
+    status = response.status_code
+    url = str(response.request.url) if response.request is not None else ""
+    from_cdn = bool(url) and _origin(url) != _origin(plan.endpoint)
+    path = _file_from_url(url)
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return NotFoundError(f"revision {plan.commit} not found in {plan.repo_id}", repo_id=plan.repo_id,
+                             revision=plan.commit)
+    if isinstance(exc, hf_errors.GatedRepoError):
+        return UnauthorizedError(f"{plan.repo_id} is gated: the token has no access (HTTP {status})",
+                                 repo_id=plan.repo_id, status=status)
+    if status == 403 and from_cdn:
+        return TransientError("the signed CDN URL was refused (expired): resolving again", reason="url_expired")
+    if status in (401, 403):
+        return UnauthorizedError(f"not authorized for {plan.repo_id} (HTTP {status}): check HF_TOKEN / token-file",
+                                 repo_id=plan.repo_id, status=status)
+    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return NotFoundError(f"repository {plan.repo_id} not found (or private without a token)",
+                             repo_id=plan.repo_id)
+    if status == 404:
+        what = f"{path!r}" if path else "a file"
+        return NotFoundError(f"{what} not found in {plan.repo_id} at {plan.commit}", repo_id=plan.repo_id,
+                             revision=plan.commit, path=path)
+    if status == 429 or status >= 500 or status == 408:
+        reason = "http_429" if status == 429 else ("timeout" if status == 408 else "http_5xx")
+        return TransientError(f"hub answered HTTP {status}" + (f" for {path}" if path else ""), reason=reason,
+                              retry_after=parse_retry_after(response.headers.get("Retry-After")))
+    return BadRemoteError(f"hub answered HTTP {status} for {plan.repo_id}", detail=redact(str(exc))[:300])
+
+
+def classify_download_error(exc: BaseException, *, plan: Plan) -> ProvisionerError:
+    """Map what snapshot_download raised to ours: NotFound/Unauthorized/NoSpace/LocalIO/BadRemote are
+    permanent (fail fast); TransientError is retried within the budget."""
+    chain = _chain(exc)
+    for e in chain:
+        if isinstance(e, ProvisionerError):
+            return e
+        if isinstance(e, hf_errors.HfHubHTTPError) and e.response is not None:
+            return _classify_http(e, plan=plan)
+    for e in chain:
+        if isinstance(e, httpx2.TimeoutException):
+            return TransientError(f"hub timed out ({type(e).__name__})", reason="timeout")
+        if isinstance(e, httpx2.ConnectError):
+            return TransientError("cannot connect to the hub", reason="connect")
+        if isinstance(e, httpx2.TransportError):
+            return TransientError(f"connection to the hub failed ({type(e).__name__})", reason="reset")
+    for e in chain:
+        if isinstance(e, hf_errors.XetDownloadError):
+            return TransientError(f"Xet download failed: {redact(str(e))[:200]}", reason="reset")
+        if isinstance(e, OSError) and e.errno is not None:
+            if e.errno == 28:  # ENOSPC
+                return NoSpaceError(f"no space left on the target filesystem: {e.strerror}",
+                                    path=str(e.filename or ""), needed_bytes=0, free_bytes=0)
+            return LocalIOError(f"local I/O error: {e.strerror} ({e.filename})", path=str(e.filename or ""))
+    if isinstance(exc, hf_errors.LocalEntryNotFoundError):  # the hub was unreachable (no usable cause)
+        return TransientError(f"hub unreachable: {redact(str(exc)).splitlines()[0][:200]}", reason="connect")
+    if isinstance(exc, OSError) and "Consistency check failed" in str(exc):  # size mismatch: a cut transfer
+        return TransientError("a download ended short of its size (connection cut)", reason="reset")
+    return TransientError(f"snapshot_download failed: {type(exc).__name__}: {redact(str(exc))[:200]}",
+                          reason="api")
+
+
+# ---- the engine -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Sig:
+    ino: int
+    mtime_ns: int
+    size: int
+
+
+def _stat(path: Path) -> _Sig | None:
+    try:
+        st = path.stat()
+    except OSError:  # missing (or unreadable): not there yet
+        return None
+    return _Sig(st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _configure_library(config: Config) -> None:
+    # huggingface_hub read HF_HUB_DOWNLOAD_TIMEOUT into this module constant at import time, and
+    # http_get looks the constant up on every download: setting it here is the only way to apply our
+    # stall timeout (an idle timeout per socket read) without restarting the process. It is
+    # process-wide, which is fine: the provisioner downloads one model at a time.
+    hf_constants.HF_HUB_DOWNLOAD_TIMEOUT = max(1, math.ceil(config.stall_timeout))
+    _install_hub_client(connect_timeout=config.connect_timeout, api_timeout=config.api_timeout)
+
+
+def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, config: Config, sink: _ByteSink,
+                        budget: RetryBudget, stop: threading.Event) -> None:
+    """Run one snapshot_download call and re-raise what it raised. Stops waiting early when `stop` is set
+    (Interrupted) or when the retry budget runs out without a byte arriving (RetryBudgetExhausted): the
+    library retries HEAD requests and 5xx answers on its own, for minutes, inside one call."""
+    outcome: dict[str, BaseException] = {}
+    finished = threading.Event()
+    target = Path(config.target)
+
+    def work() -> None:
+        try:
+            snapshot_download(
+                plan.repo_id,
+                revision=plan.commit,
+                local_dir=target,
+                cache_dir=target / HUB_CACHE_DIR,
+                allow_patterns=[glob.escape(p) for p in paths],
+                endpoint=plan.endpoint,
+                token=config.token or False,  # False: never a token from ~/.cache/huggingface
+                max_workers=config.max_workers,
+                etag_timeout=config.stall_timeout,
+                force_download=True,  # the caller asks only for files it could not verify on disk
+                tqdm_class=sink.tqdm_class(),
+                library_name="model-provisioner",
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, which classifies it
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=work, name="hubengine-snapshot", daemon=True)
+    thread.start()
+    while not finished.wait(_POLL_SECONDS):
+        if stop.is_set():
+            sink.abandon()
+            raise Interrupted(getattr(stop, "signum", 15))
+        if budget.remaining() <= 0:
+            sink.abandon()
+            budget.check(reason="stall", message="huggingface_hub made no progress (it retries internally)")
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _explain_missing(plan: Plan, missing: Sequence[str], *, target: Path) -> ProvisionerError:
+    """snapshot_download returned, yet files are missing. Either the commit's listing lacks them (it
+    skips unknown paths silently: a permanent NotFoundError), or the listing call failed and the library
+    fell back to the non-empty local_dir (it returns "successfully" then: transient)."""
+    try:
+        listed = {f.path for f in get_cached_repo_tree(plan.repo_id, revision=plan.commit, local_dir=target,
+                                                        cache_dir=target / HUB_CACHE_DIR)}
+    except (hf_errors.CachedRepoTreeNotFoundError, OSError, ValueError):  # no usable listing: the hub was not reached
+        listed = None
+    if listed is not None:
+        absent = [p for p in missing if p not in listed]
+        if absent:
+            return NotFoundError(f"{absent[0]!r} is not in {plan.repo_id} at {plan.commit}"
+                                 + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""),
+                                 repo_id=plan.repo_id, revision=plan.commit, path=absent[0])
+    return TransientError(f"snapshot_download returned without {len(missing)} file(s), e.g. {missing[0]}",
+                          reason="api")
+
+
+def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, tracker: Tracker,
+                   budget: RetryBudget, stop: threading.Event) -> None:
+    """Download `entries` of `plan` at `plan.commit` into `config.target` with huggingface_hub.
+
+    Retries transient failures within `budget` (each retry re-requests only the files not yet complete);
+    raises NotFoundError / UnauthorizedError / NoSpaceError / LocalIOError / BadRemoteError at once,
+    RetryBudgetExhausted once the budget is spent, Interrupted when `stop` is set.
+    """
+    if not entries:
+        return
+    target = Path(config.target)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or missing volume: nothing can be downloaded
+        raise LocalIOError(f"cannot create the target directory {target}: {exc.strerror}", path=str(target)) from None
+    _configure_library(config)
+    pending = {e.path: e for e in entries}
+    before = {e.path: _stat(target / e.path) for e in entries}
+    sink = _ByteSink(entries, tracker=tracker, budget=budget, stop=stop)
+    attempt = 0
+    while True:
+        if stop.is_set():
+            raise Interrupted(getattr(stop, "signum", 15))
+        sink.new_attempt()
+        error: ProvisionerError | None = None
+        try:
+            _snapshot_in_thread(plan, list(pending), config=config, sink=sink, budget=budget, stop=stop)
+        except (Interrupted, RetryBudgetExhausted):
+            raise
+        except _StopRequested:  # the hook saw `stop` before the waiting loop did
+            raise Interrupted(getattr(stop, "signum", 15)) from None
+        except Exception as exc:  # classified: permanent errors re-raise below, transient ones retry
+            error = classify_download_error(exc, plan=plan)
+            log.debug("snapshot_download failed", exc_info=exc)
+
+        completed = []
+        for path, entry in pending.items():
+            sig = _stat(target / path)
+            if sig is not None and sig.size == entry.size and sig != before[path]:
+                completed.append(path)
+        sink.settle(completed=completed)
+        for path in completed:
+            del pending[path]
+
+        if error is None and pending:
+            error = _explain_missing(plan, list(pending), target=target)
+        if error is None:
+            return
+        if not isinstance(error, TransientError):
+            raise error
+        if sink.received_this_attempt or completed:
+            attempt = 0  # progress was made: start the backoff over
+        message = redact(str(error))
+        budget.check(reason=error.reason, message=message)
+        delay = budget.delay(attempt=attempt, cap=config.backoff_max, retry_after=error.retry_after)
+        tracker.retry(reason=error.reason, path=None, delay=delay, message=message)
+        log.warning("hub engine: retrying in %.1fs (%d file(s) left): %s", delay, len(pending), message)
+        attempt += 1
+        if stop.wait(delay):
+            raise Interrupted(getattr(stop, "signum", 15))
+
+
+def hub_metadata_dir(target: Path) -> Path:
+    """Where huggingface_hub keeps its local_dir metadata (excluded from the app's view of the model)."""
+    return Path(target) / HUB_METADATA_DIR
+
+
+__all__ = ["HUB_CACHE_DIR", "HUB_METADATA_DIR", "classify_download_error", "fetch_with_hub", "hub_metadata_dir"]
