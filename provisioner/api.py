@@ -89,14 +89,15 @@ def provision(config: Config | None = None, *, progress: Callable[[Event], None]
     stop = stop if stop is not None else StopEvent()
     run = _Run(config, tracker=tracker, stop=stop, free_space=free_space)
     try:
-        result = run.execute()
-    except ProvisionerError as exc:
-        tracker.mark_failed(message=redact(str(exc)), exit_code=exit_code_for(exc))
-        raise
+        try:
+            result = run.execute()
+        except ProvisionerError as exc:
+            tracker.mark_failed(message=redact(str(exc)), exit_code=exit_code_for(exc))
+            raise
+        tracker.mark_ready()
+        return result
     finally:
-        run.close()
-    tracker.mark_ready()
-    return result
+        run.close()  # after ready/failed were reported, so Events and the pod condition see them
 
 
 class _Run:
@@ -122,6 +123,10 @@ class _Run:
     def execute(self) -> ProvisionResult:
         cfg = self.config
         self._prepare_target()
+        if cfg.kube != "off":  # Events and the pod condition, whatever the coordination
+            from . import kube
+
+            self.kube = kube.setup(cfg, tracker=self.tracker, target=self.target)
         if not cfg.reverify:
             warm = self._warm_start()
             if warm is not None:
@@ -208,12 +213,8 @@ class _Run:
         cfg = self.config
         if cfg.coordination == "none":
             return NoCoordination()
-        if cfg.kube != "off" and cfg.coordination in ("auto", "lease"):
-            from . import kube
-
-            self.kube = kube.setup(cfg, tracker=self.tracker, target=self.target)
-            if self.kube is not None and self.kube.coordinator is not None:
-                return self.kube.coordinator
+        if self.kube is not None and self.kube.coordinator is not None:
+            return self.kube.coordinator
         return FileLock(self.state_dir, identity=f"{socket.gethostname()}/{os.getpid()}")
 
     def _fetch_and_verify(self, plan: Plan) -> None:

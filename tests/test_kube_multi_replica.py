@@ -178,8 +178,6 @@ def test_holder_killed_waiter_takes_over_and_resumes(hub: HubEmulator, fake: Fak
     _no_rejected_requests(fake)
 
 
-@pytest.mark.xfail(reason="api.provision closes the kube features (run.close) before tracker.mark_ready(), "
-                   "so the Ready Event / condition of an init container never gets posted", strict=False)
 def test_ready_event_and_condition_posted_by_every_replica(hub: HubEmulator, fake: FakeApiServer,
                                                            small_repo: Path, tmp_path: Path) -> None:
     hub.add_repo(REPO, small_repo)
