@@ -245,3 +245,17 @@ def test_classify_unknown_errors_as_transient() -> None:
     assert isinstance(err, TransientError) and err.reason == "api"
     enospc = OSError(28, "No space left on device", "/models/x")
     assert type(classify_download_error(enospc, plan=plan)).__name__ == "NoSpaceError"
+
+
+def test_expired_cdn_url_is_a_retry_not_unauthorized(small_repo: Path, tmp_path: Path) -> None:
+    with HubEmulator(signed_url_ttl=0.0) as hub:  # every signed CDN URL is already expired: 403 from the CDN
+        hub.add_repo(REPO, small_repo)
+        plan = _plan(hub, REPO)
+        lfs = tuple(e for e in plan.files if e.path == "model.safetensors")
+        tracker = Tracker(repo_id=REPO, revision="main")
+        with pytest.raises(RetryBudgetExhausted):
+            fetch_with_hub(plan, lfs, config=_config(hub, tmp_path), tracker=tracker, budget=RetryBudget(1.5),
+                           stop=threading.Event())
+        assert tracker.retries.get("url_expired", 0) >= 1
+        assert hub.stats.requests_for(kind="cdn")
+        _join_worker_threads()
