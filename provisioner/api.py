@@ -359,9 +359,9 @@ class _Run:
         self._check_stop()
         self.tracker.set_phase(Phase.SMOKE_TEST)
         ref = Path(self.config.reference_embeddings) if self.config.reference_embeddings else None
-        result = run_smoke_test(self.target, reference=ref)
+        result = run_smoke_test(self.target, reference=ref, stop=self.stop)
         detail = redact(result.detail)
-        self.verification["embedding"] = dataclasses.asdict(result)
+        self.verification["embedding"] = result.to_json()
         self.tracker.verification(kind="embedding", seconds=result.seconds, ok=result.ok, detail=detail)
         if not result.ok:
             raise VerificationError(f"embedding smoke test failed: {detail}", kind="embedding")
