@@ -315,13 +315,26 @@ class _Session:
             frontier.close()
 
     def _fetch_segments_parallel(self, job: _Job, frontier: HashFrontier) -> None:
-        todo = [i for i in range(len(job.journal.segments)) if job.journal.remaining(i) > 0]
-        if not todo:
+        todo = iter([i for i in range(len(job.journal.segments)) if job.journal.remaining(i) > 0])
+        left = sum(1 for i in range(len(job.journal.segments)) if job.journal.remaining(i) > 0)
+        if not left:
             return
+        todo_lock = threading.Lock()
+
+        def worker() -> None:
+            # Pieces are taken in file order, so the hash frontier trails by a few pieces at most.
+            while True:
+                with todo_lock:
+                    seg = next(todo, None)
+                if seg is None:
+                    return
+                self._fetch_segment(job, seg, frontier)
+
+        workers = min(self.config.connections_per_file, left)
         errors: list[BaseException] = []
         aborted_at: float | None = None
-        with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="seg") as pool:
-            futures = [pool.submit(self._fetch_segment, job, i, frontier) for i in todo]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seg") as pool:
+            futures = [pool.submit(worker) for _ in range(workers)]
             pending: set[Future[None]] = set(futures)
             while pending:
                 # timeout: after an abort, wake up to escalate to a hard abort once the grace is over
@@ -446,8 +459,7 @@ class _Session:
                 received = 0
             if buf:
                 journal.write(pos, buf)
-                journal.advance(seg, len(buf))
-                frontier.offer(pos, buf)
+                frontier.commit(seg, pos, buf)  # offset advances only now, after the data write returned
                 pos += len(buf)
                 buf.clear()
             last_flush = time.monotonic()

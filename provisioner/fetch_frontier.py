@@ -1,7 +1,7 @@
 """The hash frontier: sha256 + git blob sha1 of a file computed while its segments stream in.
 
 The hasher must see the bytes in order, but segments land out of order. `position` is the
-frontier: every byte before it has been hashed. Writers `offer()` each chunk right after it is on
+frontier: every byte before it has been hashed. Writers `commit()` each chunk right after it is on
 disk; a chunk that starts exactly at the frontier is hashed inline (no re-read). Anything else
 (later segments, the prefix of a resumed partial) is read back from the part file, which is in
 the page cache, by a per-file hasher thread (multi-segment files) or synchronously
@@ -27,6 +27,7 @@ class HashFrontier:
         self._size = journal.entry.size
         self._hasher = Hasher(self._size)
         self.position = 0
+        self._seg = 0  # index of the segment holding the frontier
         self._cond = threading.Condition()
         self._busy = False  # someone is hashing bytes at `position` right now
         self._closed = False
@@ -37,11 +38,16 @@ class HashFrontier:
             self._thread.start()
 
     # ---- writers -----------------------------------------------------------------------------
-    def offer(self, pos: int, data: bytes | bytearray | memoryview) -> None:
-        """`data` was just written at `pos` and its offset recorded; hash it now if it is next."""
+    def commit(self, seg: int, pos: int, data: bytes | bytearray | memoryview) -> None:
+        """`data` was just written at `pos` (in segment `seg`): record its offset in the journal and
+        hash it now if it is next in file order.
+
+        The offset is advanced under the frontier's lock, so the hasher thread can never see these
+        bytes as on-disk before this writer has decided to hash them inline (no needless re-read)."""
         with self._cond:
+            self._journal.advance(seg, len(data))
             if self._busy or pos != self.position or self._closed:
-                self._cond.notify_all()
+                self._cond.notify_all()  # later bytes: the hasher thread reads them back when it gets there
                 return
             self._busy = True
         try:
@@ -60,6 +66,7 @@ class HashFrontier:
         with self._cond:
             self._hasher = Hasher(self._size)
             self.position = 0
+            self._seg = 0
 
     def notify(self) -> None:
         with self._cond:
@@ -67,12 +74,18 @@ class HashFrontier:
 
     # ---- readers ----------------------------------------------------------------------------
     def _available_end(self) -> int:
-        """End of the contiguous on-disk bytes starting at the frontier (== position if none)."""
+        """End of the contiguous on-disk bytes starting at the frontier (== position if none).
+
+        `_seg` caches the index of the segment holding the frontier (it only moves forward), so
+        this stays O(1) however many pieces a file has. Call with `_cond` held."""
         pos = self.position
-        for (start, end), done in zip(self._journal.segments, self._journal.done, strict=True):
-            if start <= pos < end:
-                return start + done
-        return pos
+        segments, done = self._journal.segments, self._journal.done
+        while self._seg < len(segments) and pos >= segments[self._seg][1]:
+            self._seg += 1
+        if self._seg >= len(segments):
+            return pos
+        start, end = segments[self._seg]
+        return max(pos, start + done[self._seg]) if start <= pos else pos
 
     def _hash_from_disk(self, start: int, end: int) -> int:
         try:

@@ -53,13 +53,31 @@ def part_path(state_dir: Path, entry: FileEntry) -> Path:
     return _paths(state_dir, entry)[0]
 
 
+# Large files are cut into pieces of at most this size (see layout_segments). Trade-off: after the
+# last byte at most ~(connections - 1) pieces remain to hash (32 MiB: ~100 ms), while each piece
+# costs one request round trip on a kept-alive connection (~5% at 100 MB/s and 20 ms RTT).
+MAX_PIECE = 32 << 20
+
+
 def layout_segments(size: int, *, split_threshold: int, connections: int) -> list[tuple[int, int]]:
-    """Byte ranges [start, end) of a file: one for small files, `connections` for large ones."""
+    """Byte ranges [start, end) of a file.
+
+    Small files (< split_threshold) are one range. Large ones are cut into at least `connections`
+    pieces, and into pieces of at most MAX_PIECE: `connections` workers take them in file order,
+    so the bytes land roughly in order and the hash frontier trails the download by a few pieces
+    (not by (n-1)/n of the file, as with one static range per connection); a slow connection
+    also just ends up doing fewer pieces instead of holding up the whole file.
+    """
     if size <= 0:
         return []
-    n = connections if size >= split_threshold else 1
-    n = max(1, min(n, size))
-    bounds = [size * i // n for i in range(n + 1)]
+    if size < split_threshold or connections <= 1:
+        return [(0, size)]
+    piece = max(1, min(MAX_PIECE, -(-size // connections)))
+    n = -(-size // piece)
+    if n <= connections:
+        bounds = [size * i // n for i in range(n + 1)]  # equal shares
+    else:
+        bounds = [min(i * piece, size) for i in range(n + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(n)]
 
 

@@ -189,7 +189,14 @@ def test_layout_covers_the_file_exactly(size: int, threshold: int, conns: int) -
     assert sum(e - s for s, e in segs) == size
     assert all(e > s for s, e in segs)
     assert all(a[1] == b[0] for a, b in zip(segs, segs[1:], strict=False))
-    assert len(segs) == (0 if size == 0 else 1 if size < threshold else min(conns, size))
+    if size == 0:
+        assert segs == []
+    elif size < threshold or conns == 1:
+        assert segs == [(0, size)]
+    else:
+        assert 2 <= len(segs) or size == 1
+        assert max(e - s for s, e in segs) <= max(fetch_journal.MAX_PIECE, -(-size // conns))
+        assert len(segs) <= max(conns, -(-size // fetch_journal.MAX_PIECE) + 1)
 
 
 # ------------------------------------------------------------------------------------------ happy paths
@@ -269,6 +276,21 @@ def test_large_file_parallel_ranges_flat_memory(hub: HubEmulator, big_file_repo:
     assert len(stats.requests_for(kind="resolve", path=f"*/{BIG}")) == 1
     assert served(hub) == 48 * MiB
     assert peak < 16 * MiB, f"peak traced memory {peak / MiB:.1f} MiB for a 48 MiB file"
+
+
+def test_large_files_are_cut_into_ordered_pieces(hub: HubEmulator, big_file_repo: Callable[[int], Path],
+                                                             tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetch_journal, "MAX_PIECE", 2 * MiB)
+    hub.add_repo(REPO, big_file_repo(48 * MiB))
+    plan = plan_for(hub)
+    run = Run(hub, plan, tmp, entries=(plan.file(BIG),), connections_per_file=4, split_threshold=8 * MiB)
+    assert_correct(hub, run())
+    cdn = hub.stats.requests_for(kind="cdn")
+    assert len(cdn) == 24 and len({r.range for r in cdn}) == 24  # 24 pieces of 2 MiB, each asked once
+    assert len(hub.stats.requests_for(kind="resolve")) == 1  # one resolution shared by all pieces
+    meta = json.loads((run.state_dir / "partial" / f"{part_key(plan.file(BIG))}.json").read_text())
+    assert len(meta["segments"]) == 24
+    assert (run.state_dir / "partial" / f"{part_key(plan.file(BIG))}.offsets").stat().st_size == 24 * 8
 
 
 def test_parallel_ranges_beat_a_per_connection_cap(big_hub: HubEmulator, tmp: Path) -> None:
