@@ -229,6 +229,8 @@ class _Session:
         self._urls_lock = threading.Lock()
         self._jobs: set[_Job] = set()
         self._jobs_lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._sockets_lock = threading.Lock()
         self.aborted = threading.Event()
 
     # ---- abort ------------------------------------------------------------------------------
@@ -238,6 +240,23 @@ class _Session:
             jobs = list(self._jobs)
         for job in jobs:
             job.abort(hard=hard)
+        if hard:
+            # Also the sockets still waiting for response headers (a stall before headers), which
+            # no job knows about yet: every connection of this call was opened through `_trace`.
+            with self._sockets_lock:
+                socks = list(self._sockets)
+            for sock in socks:
+                _Job._shutdown(sock)
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore trace hook: remember every TCP connection opened for this call."""
+        if event != "connection.connect_tcp.complete":
+            return
+        sock = _socket_of_stream(info.get("return_value"))
+        if sock is not None:
+            with self._sockets_lock:
+                self._sockets = {s for s in self._sockets if s.fileno() != -1}  # forget closed ones
+                self._sockets.add(sock)
 
     def _check(self, job: _Job) -> None:
         if job.cancel.is_set() or self.aborted.is_set():
@@ -559,7 +578,8 @@ class _Session:
         # The token goes to the hub only; a cross-origin redirect target (the CDN) never sees it.
         all_headers = {**(self.hub_headers if same_origin else self.cdn_headers), **headers}
         try:
-            request = self.client.build_request("GET", url, headers=all_headers, timeout=self.timeout)
+            request = self.client.build_request("GET", url, headers=all_headers, timeout=self.timeout,
+                                                extensions={"trace": self._trace})
             return self.client.send(request, stream=True, follow_redirects=False)
         except httpx2.HTTPError as exc:  # connect/stall-before-headers/reset: classified, retried
             raise _classify(exc, what=job.entry.path, stall_timeout=self.config.stall_timeout) from None
@@ -601,7 +621,10 @@ class _Session:
 
 
 def _socket_of(resp: httpx2.Response) -> socket.socket | None:
-    stream: Any = resp.extensions.get("network_stream")
+    return _socket_of_stream(resp.extensions.get("network_stream"))
+
+
+def _socket_of_stream(stream: Any) -> socket.socket | None:
     if stream is None:
         return None
     try:

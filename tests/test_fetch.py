@@ -431,6 +431,20 @@ def test_stop_wakes_a_worker_blocked_in_a_stall(big_hub: HubEmulator, tmp: Path)
     assert kept > 0 and kept == run.tracker.bytes_received
 
 
+def test_stop_wakes_a_worker_waiting_for_headers(big_hub: HubEmulator, tmp: Path) -> None:
+    big_hub.faults.stall_before_headers = 60.0
+    big_hub.faults.path = f"/cdn/*/{BIG}"
+    plan = plan_for(big_hub)
+    run = Run(big_hub, plan, tmp, entries=(plan.file(BIG),), stall_timeout=30.0).start()
+    assert big_hub.wait_for(lambda s: s.faults_fired["stall_before_headers"] >= 1, timeout=10)
+    t0 = time.monotonic()
+    run.stop.set()
+    with pytest.raises(Interrupted):
+        run.join()
+    assert time.monotonic() - t0 < 1.5  # not the 30 s stall timeout
+    assert run.tracker.retries == {}  # our own abort is not reported as a network failure
+
+
 # ------------------------------------------------------------------------------------------ faults
 
 
