@@ -50,7 +50,7 @@ class FakeHub:
     """`info` is the model_info answer (bytes as-is, anything else JSON-encoded); `files` are served at
     /{repo}/resolve/{rev}/{path} with Range support, minus the headers named in `omit`."""
 
-    info: Any = None
+    info: Any = field(default=None, repr=False)
     info_status: int = 200
     files: dict[str, bytes] = field(default_factory=dict)
     omit: set[str] = field(default_factory=set)
