@@ -583,6 +583,21 @@ def test_size_different_from_plan_gives_up_as_changed(big_hub: HubEmulator, tmp:
     assert run.elapsed < 5
 
 
+def test_corruption_in_transit_shows_in_the_digests_and_discard_refetches(big_hub: HubEmulator, tmp: Path) -> None:
+    big_hub.faults.flip_byte_at = 17 * MiB + 3  # inside the third 8 MiB range
+    plan = plan_for(big_hub)
+    entry = plan.file(BIG)
+    run = Run(big_hub, plan, tmp, entries=(entry,))
+    bad = run()[BIG]
+    assert big_hub.stats.faults_fired["flip"] == 1
+    # The engine does not judge: it reports what it received, and the caller compares with the plan.
+    assert bad.digests.size == entry.size and bad.digests.sha256 != entry.sha256
+    assert discard_partial(run.state_dir, entry) == entry.size
+    good = Run(big_hub, plan, tmp, entries=(entry,))()[BIG]
+    assert good.digests.sha256 == entry.sha256
+    assert_correct(big_hub, {BIG: good})
+
+
 @pytest.mark.parametrize("status, error_code", [(404, "EntryNotFound")])
 def test_missing_file_fails_fast(big_hub: HubEmulator, tmp: Path, status: int, error_code: str) -> None:
     plan = plan_for(big_hub)
