@@ -122,15 +122,16 @@ class _Run:
     # ---- the stages ------------------------------------------------------------------------
     def execute(self) -> ProvisionResult:
         cfg = self.config
-        self._prepare_target()
+        self._check_state_dir()
         if cfg.kube != "off":  # Events and the pod condition, whatever the coordination
             from . import kube
 
             self.kube = kube.setup(cfg, tracker=self.tracker, target=self.target)
         if not cfg.reverify:
-            warm = self._warm_start()
+            warm = self._warm_start()  # read-only: a verified model on a read-only volume is served as is
             if warm is not None:
                 return warm
+        self._prepare_target()
         self.tracker.set_phase(Phase.PLANNING)
         from .plan import build_plan
 
@@ -156,10 +157,22 @@ class _Run:
             files=len(plan.files), bytes_total=plan.total_bytes, bytes_downloaded=self.tracker.bytes_received,
             warm=False, waited_for=waited_for, seconds=time.monotonic() - self.t0, verification=self.verification)
 
+    def _check_state_dir(self) -> None:
+        """The state folder must be a real folder inside the target: a planted symlink would send
+        partials, the lock and the ready marker somewhere else."""
+        try:
+            st = os.lstat(self.state_dir)
+        except FileNotFoundError:  # a new volume
+            return
+        except OSError as exc:  # unreadable target
+            raise LocalIOError(f"cannot inspect {self.state_dir}: {exc.strerror}", path=str(self.state_dir)) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise LocalIOError(f"{self.state_dir} is not a folder (a symlink or file is in the way); remove it",
+                               path=str(self.state_dir))
+
     def _prepare_target(self) -> None:
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            (self.state_dir / "partial").mkdir(exist_ok=True)
+            marker.make_dir(self.state_dir / "partial")
         except OSError as exc:  # read-only volume, permissions, a file where the dir should be
             raise LocalIOError(f"cannot create the state folder {self.state_dir}: {exc.strerror}",
                                path=str(self.state_dir)) from None
@@ -275,7 +288,7 @@ class _Run:
                 st = None
             except OSError as exc:  # e.g. a parent is a regular file: cannot be fixed by downloading
                 raise LocalIOError(f"cannot inspect {final}: {exc.strerror}", path=str(final)) from None
-            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == entry.size and self._inside(final):
                 self.tracker.set_phase(Phase.VERIFYING)
                 if self.config.verify == "none" or matches(entry, hash_file(final, size=entry.size)):
                     on_disk[entry.path] = entry.size
@@ -323,18 +336,25 @@ class _Run:
                     bad.append((entry, expected, actual))
         return bad, time.monotonic() - t
 
+    def _inside(self, path: Path) -> bool:
+        """True if `path`'s folder really is inside the target (no symlinked folder leading out)."""
+        root = os.path.realpath(self.target)
+        parent = os.path.realpath(path.parent)
+        return parent == root or parent.startswith(root + os.sep)
+
     def _safe_final_path(self, entry: FileEntry) -> Path:
         """The final path, refusing to write through a symlink that leads outside the target."""
         final = self.target / entry.path
-        root = os.path.realpath(self.target)
+        if not self._inside(final):  # checked before mkdir, which would otherwise create folders outside
+            raise LocalIOError(f"refusing to write {entry.path}: {final.parent} leads outside the target "
+                               f"(symlink to {os.path.realpath(final.parent)})", path=str(final.parent))
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            marker.make_dir(final.parent)
         except OSError as exc:  # a file in the way, or read-only
             raise LocalIOError(f"cannot create {final.parent}: {exc.strerror}", path=str(final.parent)) from None
-        parent_real = os.path.realpath(final.parent)
-        if parent_real != root and not parent_real.startswith(root + os.sep):
-            raise LocalIOError(f"refusing to write {entry.path}: {final.parent} leads outside the target "
-                               f"(symlink to {parent_real})", path=str(final.parent))
+        if not self._inside(final):  # a symlink planted while we created folders
+            raise LocalIOError(f"refusing to write {entry.path}: {final.parent} leads outside the target",
+                               path=str(final.parent))
         if final.is_dir() and not final.is_symlink():
             raise LocalIOError(f"cannot place {entry.path}: a directory is in the way", path=str(final))
         return final

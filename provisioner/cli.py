@@ -12,12 +12,17 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import Config, add_arguments
-from .errors import ConfigError, ExitCode, ProvisionerError, exit_code_for
+from .errors import ConfigError, ExitCode, Interrupted, ProvisionerError, exit_code_for
+
+# After SIGTERM, how long the worker may take to flush and stop before the process exits anyway
+# (well inside Kubernetes' default 30 s grace period).
+STOP_GRACE_SECONDS = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,8 +151,16 @@ def _run(ns: argparse.Namespace, *, config: Config | None = None, free_space: An
 
             worker = threading.Thread(target=work, name="provision", daemon=True)
             worker.start()
+            give_up_at: float | None = None
             while worker.is_alive():
                 worker.join(0.2)  # short joins keep the main thread free to run signal handlers
+                if stop.is_set() and give_up_at is None:
+                    give_up_at = time.monotonic() + STOP_GRACE_SECONDS
+                if give_up_at is not None and time.monotonic() > give_up_at:
+                    # partials are already durable after each chunk; don't let a stuck call eat the grace period
+                    log.error("still busy %ss after the stop request; exiting anyway", STOP_GRACE_SECONDS)
+                    outcome["error"] = Interrupted(stop.signum)
+                    break
             error = outcome.get("error")
             if error is None:
                 res = outcome["value"]
@@ -190,8 +203,6 @@ def _run(ns: argparse.Namespace, *, config: Config | None = None, free_space: An
 def _verify(ns: argparse.Namespace) -> int:
     """Re-hash every file listed in the marker; on failure remove the marker so probes fail and the next
     `run` repairs. With --verify full, also run the embedding smoke test."""
-    import time
-
     from . import marker
     from .manifest import FileEntry
     from .verify import hash_file, matches, mismatch_detail

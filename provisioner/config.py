@@ -99,6 +99,16 @@ def _bool(name: str) -> Callable[[str], bool]:
     return parse
 
 
+def _existing_file(name: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value and not Path(value).expanduser().is_file():
+            raise ConfigError(f"{name}: no such file: {value!r}", setting=name)
+        return value
+
+    return parse
+
+
 def _patterns(raw: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in raw.split(",") if p.strip())
 
@@ -189,7 +199,7 @@ SETTINGS: tuple[Setting, ...] = (
             commands=("run", "verify", "demo")),
     Setting("reverify", "reverify", _bool("reverify"), "false",
             "Ignore a valid ready marker and re-hash every file.", is_flag=True),
-    Setting("reference-embeddings", "reference_embeddings", lambda s: s.strip(), "",
+    Setting("reference-embeddings", "reference_embeddings", _existing_file("reference-embeddings"), "",
             "JSON file `{\"sentences\": [...], \"embeddings\": [[...]], \"tolerance\": 1e-3}` the smoke test must reproduce.",
             commands=("run", "verify")),
     Setting("connect-timeout", "connect_timeout", _positive_float("connect-timeout"), "10",

@@ -104,13 +104,38 @@ def classify_hub_error(exc: BaseException, *, repo_id: str, revision: str) -> Pr
     return TransientError(f"hub API call failed: {redact(str(exc))[:200]}", reason="api")
 
 
+def _interruptible(fn: Callable[[], Any], *, stop: threading.Event) -> Any:
+    """Run a blocking library call in a daemon thread so that SIGTERM is answered at once, not after the
+    call's own timeout (which can equal the pod's whole termination grace period)."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed back to the caller's thread below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="hub-api", daemon=True).start()
+    while not done.wait(0.1):  # poll: lets a stop request interrupt a stalled call
+        if stop.is_set():
+            raise Interrupted(getattr(stop, "signum", 15))
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def call_with_retries(fn: Callable[[], Any], *, what: str, repo_id: str, revision: str, budget: RetryBudget,
                       tracker: Tracker | None, stop: threading.Event, backoff_max: float) -> Any:
     attempt = 0
     while True:
         try:
-            return fn()
+            return _interruptible(fn, stop=stop)
         except Exception as exc:  # classified below: permanent errors re-raise, transient ones retry
+            if isinstance(exc, Interrupted):
+                raise
             err = classify_hub_error(exc, repo_id=repo_id, revision=revision)
             if not isinstance(err, TransientError):
                 raise err from None
@@ -129,7 +154,10 @@ def fetch_model_info(config: Config, *, revision: str, budget: RetryBudget, trac
     from huggingface_hub import HfApi
 
     _install_hub_client(connect_timeout=config.connect_timeout, api_timeout=config.api_timeout)
-    api = HfApi(endpoint=config.endpoint, token=config.token or False, library_name="model-provisioner")
+    from . import __version__
+
+    api = HfApi(endpoint=config.endpoint, token=config.token or False, library_name="model-provisioner",
+                library_version=__version__)
     return call_with_retries(
         lambda: api.model_info(config.repo_id, revision=revision, files_metadata=True, timeout=config.api_timeout),
         what="model_info", repo_id=config.repo_id, revision=revision, budget=budget, tracker=tracker, stop=stop,
@@ -152,6 +180,7 @@ def build_plan(config: Config, *, budget: RetryBudget, tracker: Tracker | None, 
     if len(siblings) > MAX_FILES:
         raise BadRemoteError(f"the hub listed {len(siblings)} files; refusing more than {MAX_FILES}")
     entries = [entry_from_sibling(s) for s in siblings]
+    check_no_conflicts(entries)
     entries = select_files(entries, include=config.include, exclude=config.exclude)
     if not entries:
         raise NotFoundError(
@@ -181,6 +210,21 @@ def safe_repo_path(path: object) -> str:
     if parts[0] == STATE_DIR_NAME:
         raise BadRemoteError(f"the hub listed a file inside the reserved {STATE_DIR_NAME}/ folder: {path!r}")
     return path
+
+
+def check_no_conflicts(entries: Iterable[FileEntry]) -> None:
+    """Two entries for one path, or a path that is both a file and a folder, cannot both land on disk."""
+    seen: set[str] = set()
+    folders: set[str] = set()
+    for e in entries:
+        if e.path in seen:
+            raise BadRemoteError(f"the hub listed {e.path!r} twice")
+        seen.add(e.path)
+        parts = e.path.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    both = sorted(seen & folders)
+    if both:
+        raise BadRemoteError(f"the hub listed {both[0]!r} as both a file and a folder")
 
 
 def entry_from_sibling(s: Any) -> FileEntry:
