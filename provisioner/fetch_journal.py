@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import struct
 import threading
 from collections.abc import Iterable
@@ -117,9 +118,12 @@ def _load(state_dir: Path, entry: FileEntry) -> tuple[dict[str, Any], list[tuple
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         raw_offsets = offsets_path.read_bytes()
-        part_size = part.stat().st_size
+        part_stat = part.lstat()
     except (OSError, ValueError):  # missing or unreadable/garbled file: not resumable, start over
         return None
+    if not stat.S_ISREG(part_stat.st_mode) or offsets_path.is_symlink():  # planted links: never followed
+        return None
+    part_size = part_stat.st_size
     if not isinstance(meta, dict) or meta.get("version") != JOURNAL_VERSION:
         return None
     if meta.get("path") != entry.path or meta.get("expected") != entry.expected or meta.get("size") != entry.size:
@@ -217,6 +221,8 @@ class Journal:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # read-only or full volume: a local problem, not a network one
             raise local_error(exc, path=directory / "x", needed=entry.size) from exc
+        if directory.is_symlink():
+            raise LocalIOError(f"refusing to write partial data through the symlink {directory}", path=str(directory))
         loaded = _load(state_dir, entry)
         if loaded is not None:
             meta, segs, done = loaded
@@ -235,9 +241,10 @@ class Journal:
         return journal
 
     def _open_fds(self, *, create: bool) -> None:
-        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+        # O_NOFOLLOW: a symlink planted at <key>.part must never be written through.
+        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
         try:
-            self._part_fd = os.open(self.part_path, flags | (os.O_CREAT if create else 0), 0o644)
+            self._part_fd = os.open(self.part_path, flags | (os.O_CREAT | os.O_EXCL if create else 0), 0o644)
             if create:
                 os.ftruncate(self._part_fd, self.entry.size)  # sparse: no space reserved, no zeros written
             self._offsets_fd = os.open(self.offsets_path, flags | os.O_CREAT, 0o644)
@@ -262,7 +269,10 @@ class Journal:
                 "size": self.entry.size, "etag": self.etag, "no_range": self.no_range,
                 "segments": [[s, e] for s, e in self.segments]}
         tmp = self.meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta, separators=(",", ":")))
         os.replace(tmp, self.meta_path)
 
     def flush(self) -> None:

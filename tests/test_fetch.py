@@ -647,6 +647,24 @@ def test_retry_budget_runs_out_during_an_outage(big_hub: HubEmulator, tmp: Path)
     assert served(big_hub) - plan.total_bytes <= first - kept + 1 * MiB
 
 
+def test_planted_symlink_part_file_is_never_written_through(big_hub: HubEmulator, tmp: Path) -> None:
+    plan = plan_for(big_hub)
+    entry = plan.file("config.json")
+    victim = tmp / "victim.txt"
+    victim.write_bytes(b"precious" * 100)
+    state_dir = tmp / "target" / ".provisioner"
+    # a journal claiming a resumable partial whose .part is a symlink to someone else's file
+    Run(big_hub, plan, tmp, entries=(entry,))()
+    part = state_dir / "partial" / f"{part_key(entry)}.part"
+    part.unlink()
+    part.symlink_to(victim)
+    os.truncate(victim, entry.size)
+    result = Run(big_hub, plan, tmp, entries=(entry,))()  # the link is dropped, the file fetched afresh
+    assert_correct(big_hub, result)
+    assert not part.is_symlink()
+    assert victim.read_bytes() == (b"precious" * 100)[:entry.size]
+
+
 @pytest.mark.parametrize("err, exc_type", [(errno.ENOSPC, NoSpaceError), (errno.EROFS, LocalIOError)])
 def test_local_write_errors(big_hub: HubEmulator, tmp: Path, monkeypatch: pytest.MonkeyPatch,
                             err: int, exc_type: type[Exception]) -> None:
