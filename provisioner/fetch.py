@@ -286,7 +286,7 @@ class _Session:
                 try:
                     digests = self._download(job)
                     break
-                except _Restart as r:
+                except _Restart as r:  # changed on the hub or Range ignored: drop the partial, lay out again
                     restarts += 1
                     message = redact(f"{path}: {r.message}", self.secrets)
                     if restarts > MAX_RESTARTS:
@@ -304,16 +304,14 @@ class _Session:
                 finally:
                     with self._jobs_lock:
                         self._jobs.discard(job)
-            journal.flush()
             ok = True
         finally:
             # Stop, failure or success: the data and offsets are fsynced so the next attempt can trust them.
             try:
                 journal.close(sync=True)
-            except ProvisionerError:
+            except ProvisionerError:  # fsync failed: fatal on success; while already failing, the first error wins
                 if ok:
                     raise
-                # A failing fsync while already failing: the first error is the one to report.
         self.tracker.file_done(path)
         log.info("fetch %s: complete", path)
         return FetchedFile(entry=entry, part_path=journal.part_path, digests=digests)
@@ -334,10 +332,10 @@ class _Session:
             frontier.close()
 
     def _fetch_segments_parallel(self, job: _Job, frontier: HashFrontier) -> None:
-        todo = iter([i for i in range(len(job.journal.segments)) if job.journal.remaining(i) > 0])
-        left = sum(1 for i in range(len(job.journal.segments)) if job.journal.remaining(i) > 0)
-        if not left:
+        pieces = [i for i in range(len(job.journal.segments)) if job.journal.remaining(i) > 0]
+        if not pieces:
             return
+        todo = iter(pieces)
         todo_lock = threading.Lock()
 
         def worker() -> None:
@@ -349,7 +347,7 @@ class _Session:
                     return
                 self._fetch_segment(job, seg, frontier)
 
-        workers = min(self.config.connections_per_file, left)
+        workers = min(self.config.connections_per_file, len(pieces))
         errors: list[BaseException] = []
         aborted_at: float | None = None
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seg") as pool:
@@ -383,7 +381,7 @@ class _Session:
             try:
                 self._stream_segment(job, seg, frontier)
                 continue  # the server may legally send less than asked: ask again for the rest
-            except _Retry as r:
+            except _Retry as r:  # transient: classify, report, back off inside the budget, resume from disk
                 if job.journal.done[seg] > before:
                     attempt = 0  # bytes arrived in this attempt: back off from scratch
                 if job.cancel.is_set() or self.aborted.is_set():
@@ -400,7 +398,7 @@ class _Session:
                 log.warning("fetch %s: %s; retrying in %.2fs (from byte %d)", path, message, delay,
                             job.journal.segments[seg][0] + job.journal.done[seg])
                 attempt += 1
-                if job.cancel.wait(delay):
+                if job.cancel.wait(delay):  # the backoff; a stop or abort ends it at once
                     raise _Aborted() from None
 
     def _stream_segment(self, job: _Job, seg: int, frontier: HashFrontier) -> None:
@@ -487,7 +485,7 @@ class _Session:
         while True:
             try:
                 piece = next(pieces)
-            except StopIteration:
+            except StopIteration:  # the body ended (complete or short: checked below)
                 break
             except httpx2.HTTPError as exc:  # reset, truncated body, stall: keep what arrived, then retry
                 error = exc

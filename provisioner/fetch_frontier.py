@@ -150,7 +150,7 @@ class HashFrontier:
             self._closed = True
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join()  # no timeout: the thread checks `_closed` at least every _WAKE_SECONDS and per read
 
     def finish(self) -> Digests:
         """All bytes are on disk: stop the thread, hash any tail and return the digests."""
