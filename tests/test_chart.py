@@ -387,6 +387,10 @@ def test_readiness_gate_in_sidecar_modes(helm: str, case: str, gated: bool) -> N
 
 # --------------------------------------------------------------------------------------------- settings / env
 
+# Settings naming files that exist only inside the pod (the provisioner checks they exist at start).
+IN_POD_FILES = {"PROVISIONER_TOKEN_FILE", "PROVISIONER_REFERENCE_EMBEDDINGS"}
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_rendered_env_vars_are_real_settings_with_valid_values(helm: str, case: str) -> None:
     for where, spec in pod_specs(docs(helm, case)):
@@ -396,9 +400,12 @@ def test_rendered_env_vars_are_real_settings_with_valid_values(helm: str, case: 
                     continue
                 assert name in SETTING_ENVS, f"{where} {c['name']}: {name} is not a provisioner setting"
                 assert isinstance(value, str), f"{name} must be a plain string value"
+                if name in IN_POD_FILES:  # a file inside the pod: it cannot exist here, so check its form only
+                    assert value.startswith("/"), f"{name} must be an absolute path in the pod, got {value!r}"
+                    continue
                 SETTING_ENVS[name].parse(value)  # raises ConfigError on a value the provisioner would reject
             if c["name"] == "model-provisioner":  # the whole set, as the provisioner reads it at start
-                environ = {k: v for k, v in env_of(c).items() if isinstance(v, str) and k != "PROVISIONER_TOKEN_FILE"}
+                environ = {k: v for k, v in env_of(c).items() if isinstance(v, str) and k not in IN_POD_FILES}
                 config = Config.from_sources(environ=environ)
                 assert config.target == values(case)["model"]["mountPath"]
                 assert config.repo_id == values(case)["model"]["repoId"]
