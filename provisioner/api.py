@@ -232,6 +232,11 @@ class _Run:
 
     def _fetch_and_verify(self, plan: Plan) -> None:
         cfg = self.config
+        from .fetch import prune_partials
+
+        freed = prune_partials(self.state_dir, plan.files)  # an older plan's partials can never be resumed
+        if freed:
+            log.info("removed %d bytes of partial data left by an older revision", freed)
         todo, on_disk = self._files_to_fetch(plan)
         self.tracker.set_plan(plan, on_disk=on_disk)
         for entry in plan.files:
@@ -299,7 +304,7 @@ class _Run:
         return todo, on_disk
 
     def _fetch_native(self, plan: Plan, todo: list[FileEntry]) -> tuple[list[tuple[FileEntry, str, str]], float]:
-        from .fetch import discard_partial, fetch_files
+        from .fetch import clear_journal, discard_partial, fetch_files
 
         fetched = fetch_files(plan, todo, config=self.config, state_dir=self.state_dir, tracker=self.tracker,
                               budget=self.budget, stop=self.stop)
@@ -313,7 +318,7 @@ class _Run:
                 bad.append((entry, expected, actual))
                 continue
             self._place(entry, item.part_path)
-            discard_partial(self.state_dir, entry)  # the metadata beside the (now moved) part file
+            clear_journal(self.state_dir, entry)  # the journal beside the (now moved) part file
         return bad, time.monotonic() - t
 
     def _fetch_hub(self, plan: Plan, todo: list[FileEntry]) -> tuple[list[tuple[FileEntry, str, str]], float]:

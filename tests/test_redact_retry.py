@@ -60,6 +60,8 @@ def test_backoff_full_jitter_bounds() -> None:
 
 def test_parse_retry_after() -> None:
     assert parse_retry_after("7") == 7
+    assert parse_retry_after("1.5") == 1.5
+    assert parse_retry_after("-3") is None and parse_retry_after("nan") is None
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", now=0) == pytest.approx(10)
