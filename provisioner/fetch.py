@@ -274,7 +274,7 @@ class _Session:
         try:
             resumed = journal.bytes_done
             self.tracker.file_started(path, offset=resumed)
-            log.info("fetch %s: %d bytes, %d segment(s), %d already on disk", path, entry.size,
+            log.debug("fetch %s: %d bytes, %d segment(s), %d already on disk", path, entry.size,
                      len(journal.segments), resumed)
             restarts = 0
             while True:
@@ -313,7 +313,7 @@ class _Session:
                 if ok:
                     raise
         self.tracker.file_done(path)
-        log.info("fetch %s: complete", path)
+        log.debug("fetch %s: complete", path)  # the tracker's file_done event already says it at info
         return FetchedFile(entry=entry, part_path=journal.part_path, digests=digests)
 
     def _download(self, job: _Job) -> Digests:

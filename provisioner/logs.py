@@ -339,6 +339,8 @@ class ProgressReporter:
         if kind == "phase":
             msg = f"phase {d.get('phase')}"
             if self.bar and d.get("phase") != "downloading" and _handler is not None:
+                if _handler.bar_line:  # leave the final state on screen, not the last periodic redraw
+                    _handler.draw_bar(progress_bar(self.tracker.snapshot()))
                 _handler.clear_bar(keep=True)
         elif kind == "plan":
             msg = (f"plan: {d.get('files')} files, {human_bytes(d.get('bytes_total', 0))} "
