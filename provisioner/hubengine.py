@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx2
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from huggingface_hub import get_cached_repo_tree, snapshot_download
@@ -56,7 +55,7 @@ from .errors import (
     UnauthorizedError,
 )
 from .manifest import FileEntry, Plan
-from .plan import _install_hub_client
+from .plan import _install_hub_client, transport_error
 from .progress import Tracker
 from .redact import redact
 from .retry import RetryBudget, parse_retry_after
@@ -262,12 +261,9 @@ def classify_download_error(exc: BaseException, *, plan: Plan) -> ProvisionerErr
         if isinstance(e, hf_errors.HfHubHTTPError) and e.response is not None:
             return _classify_http(e, plan=plan)
     for e in chain:
-        if isinstance(e, httpx2.TimeoutException):
-            return TransientError(f"hub timed out ({type(e).__name__})", reason="timeout")
-        if isinstance(e, httpx2.ConnectError):
-            return TransientError("cannot connect to the hub", reason="connect")
-        if isinstance(e, httpx2.TransportError):
-            return TransientError(f"connection to the hub failed ({type(e).__name__})", reason="reset")
+        transport = transport_error(e, what="download")
+        if transport is not None:
+            return transport
     for e in chain:
         if isinstance(e, hf_errors.XetDownloadError):
             return TransientError(f"Xet download failed: {redact(str(e))[:200]}", reason="reset")

@@ -70,7 +70,6 @@ def _install_hub_client(*, connect_timeout: float, api_timeout: float) -> None:
 
 def classify_hub_error(exc: BaseException, *, repo_id: str, revision: str) -> ProvisionerError:
     """Map a huggingface_hub / httpx2 exception to ours: permanent errors fail fast, the rest retry."""
-    import httpx2
     from huggingface_hub import errors as hf_errors
 
     if isinstance(exc, ProvisionerError):
@@ -93,12 +92,9 @@ def classify_hub_error(exc: BaseException, *, repo_id: str, revision: str) -> Pr
             return TransientError(f"hub API answered HTTP {status}", reason=reason,
                                   retry_after=parse_retry_after(exc.response.headers.get("Retry-After")))
         return BadRemoteError(f"hub API answered HTTP {status} for {repo_id}", detail=redact(str(exc))[:300])
-    if isinstance(exc, httpx2.TimeoutException):
-        return TransientError(f"hub API timed out ({type(exc).__name__})", reason="timeout")
-    if isinstance(exc, httpx2.ConnectError):
-        return TransientError("cannot connect to the hub", reason="connect")
-    if isinstance(exc, httpx2.TransportError):
-        return TransientError(f"hub API connection failed ({type(exc).__name__})", reason="reset")
+    transport = transport_error(exc, what="hub API")
+    if transport is not None:
+        return transport
     if isinstance(exc, ValueError | KeyError | TypeError):  # JSON decode / missing fields in the answer
         return BadRemoteError("malformed answer from the hub API", detail=redact(str(exc))[:300])
     return TransientError(f"hub API call failed: {redact(str(exc))[:200]}", reason="api")
@@ -125,6 +121,19 @@ def _interruptible(fn: Callable[[], Any], *, stop: threading.Event) -> Any:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def transport_error(exc: BaseException, *, what: str) -> TransientError | None:
+    """An httpx2 transport failure as a retryable error with its reason label; None for anything else."""
+    import httpx2
+
+    if isinstance(exc, httpx2.TimeoutException):
+        return TransientError(f"{what} timed out ({type(exc).__name__})", reason="timeout")
+    if isinstance(exc, httpx2.ConnectError):
+        return TransientError(f"cannot connect to the hub ({what})", reason="connect")
+    if isinstance(exc, httpx2.TransportError):
+        return TransientError(f"{what}: connection failed ({type(exc).__name__})", reason="reset")
+    return None
 
 
 def call_with_retries(fn: Callable[[], Any], *, what: str, repo_id: str, revision: str, budget: RetryBudget,
