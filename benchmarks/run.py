@@ -125,6 +125,15 @@ def expected_seconds(nbytes: int, rate: float) -> float:
 # ------------------------------------------------------------------------------------------ machine
 
 
+def code_fingerprint() -> str:
+    """Hash of the provisioner sources: the checkout is shared, so detect code changing mid-run."""
+    h = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "provisioner").rglob("*.py")):
+        with contextlib.suppress(OSError):
+            h.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def machine_info() -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -163,6 +172,7 @@ def machine_info() -> dict[str, Any]:
         "git": commit,
         "loadavg_start": os.getloadavg(),
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "code_start": code_fingerprint(),
     }
 
 
@@ -889,7 +899,7 @@ def render(report: Report) -> str:
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory'] / GiB:.1f} GiB RAM, Linux {m['kernel']}, "
         f"Python {m['python']}, huggingface_hub {m['huggingface_hub']}; load avg at start "
         f"{m['loadavg_start'][0]:.2f}, at end {m.get('loadavg_end', (0.0,))[0]:.2f}; "
-        f"model-provisioner {m['git']}; {m['date']}.",
+        f"model-provisioner {m['git']} (sources {m['code_start']}); {m['date']}, {m.get('seconds', 0):.0f} s.",
         "",
         f"Settings: {'--quick, ' if s['quick'] else ''}{s['runs']} run(s) (P3/P6: {s['heavy_runs']}), "
         f"repo = {fmt_size(s['size'])} `{BIG_FILE}` + config.json, P6 also {fmt_size(s['big_size'])}; "
@@ -901,6 +911,9 @@ def render(report: Report) -> str:
         "| result |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if m.get("code_end") and m["code_end"] != m["code_start"]:
+        lines[1:1] = ["", f"**Warning: provisioner/ changed during this run (sources {m['code_start']} → "
+                          f"{m['code_end']}); rows may mix engine versions.**"]
     for r in report.rows:
         note = f" ({r.note})" if r.note else ""
         lines.append(f"| {r.scenario} | {r.what}{note} | {r.mp} | {r.baseline} | {r.seed} | {r.ratio} | "
@@ -1006,6 +1019,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     hub.up()
             log(f"{name} took {time.monotonic() - t:.1f}s")
     report.machine["loadavg_end"] = os.getloadavg()
+    report.machine["code_end"] = code_fingerprint()
     report.machine["seconds"] = round(time.monotonic() - started, 1)
     text = render(report)
     print(text)
