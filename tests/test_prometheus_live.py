@@ -217,7 +217,9 @@ def test_prometheus_scrapes_a_real_cli_run(cli_run, hub, tmp_path: Path) -> None
         wait_for(lambda: prom.query('model_provisioner_ready{pod="pod-0"} == 1') or proc.poll() is not None,
                  timeout=180, what="the CLI run to become ready in Prometheus")
         assert proc.poll() is None, f"CLI exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-        assert_rose_monotonically_to_one(progress_series(prom, start))
+        series = progress_series(prom, start)
+        print("progress_ratio as Prometheus recorded it, 1 s steps:", " ".join(f"{v:.3f}" for v in series))
+        assert_rose_monotonically_to_one(series)
 
         hub.wait_idle()
         served = sum(hub.stats.bytes_by_file.values())
