@@ -88,10 +88,19 @@ else
     apt_install prometheus || log "WARNING: promtool not installed"
 fi
 
+# --- pushgateway (the init-mode push test talks to a real one) ---------------------------------------
+if command -v prometheus-pushgateway >/dev/null 2>&1; then
+    log "prometheus-pushgateway already installed"
+else
+    log "installing prometheus-pushgateway (apt; no service started)"
+    apt_install prometheus-pushgateway || log "WARNING: prometheus-pushgateway not installed"
+fi
+
 # --- report -------------------------------------------------------------------------------------
 echo "helm:       $bin_dir/helm ($("$bin_dir/helm" version --short 2>/dev/null))"
 echo "kubectl:    $bin_dir/kubectl ($("$bin_dir/kubectl" version --client 2>/dev/null | head -n1))"
 echo "promtool:   $(command -v promtool || echo 'not installed')"
 echo "prometheus: $(command -v prometheus || echo 'not installed')"
+echo "pushgateway: $(command -v prometheus-pushgateway || echo 'not installed')"
 echo "unzip:      $(command -v unzip || echo 'not installed')"
 echo "Add to PATH: export PATH=\"$bin_dir:\$PATH\""
