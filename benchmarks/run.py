@@ -429,6 +429,11 @@ def _killpg(p: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(p.pid, sig)
 
 
+def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        _killpg(p, signal.SIGKILL)
+
+
 def _tail(path: Path, n: int = 300) -> str:
     try:
         data = path.read_bytes()[-n:]
@@ -480,7 +485,9 @@ def verdict(ok: bool | None) -> str:
 
 
 def _fmt_ratio(r: float | None) -> str:
-    return "—" if r is None else f"{r:.2f}×"
+    if r is None:
+        return "—"
+    return f"{r:.2f}×" if r >= 0.1 or r == 0 else f"{r:.2g}×"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -612,7 +619,7 @@ class Scenarios:
                 timeout = self.b.timeout_for(self.repo.total, self.s.cap)
                 killed = self.b.run_one(self.b.spec(tool, self.repo.repo_id, target, name=f"P2-{tool}-killed"),
                                         timeout=timeout, size=self.repo.size,
-                                        trigger=(half, lambda procs: [_killpg(p, signal.SIGKILL) for p in procs]))
+                                        trigger=(half, _kill_all))
                 rerun = self.b.run_one(self.b.spec(tool, self.repo.repo_id, target, name=f"P2-{tool}-rerun"),
                                        timeout=timeout, size=self.repo.size)
                 ok = rerun.ok and complete(target, self.repo) and killed.triggered_at is not None
