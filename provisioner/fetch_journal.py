@@ -23,6 +23,7 @@ import os
 import shutil
 import stat
 import struct
+import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +35,39 @@ from .manifest import FileEntry
 JOURNAL_VERSION = 1
 _U64 = struct.Struct("<Q")
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+# Start writeback of the part file after every this many bytes written, so the final fsync (durability
+# before the marker) finds little dirty page cache left: 1 GiB at once took 275-375 ms, this leaves ~10 ms.
+WRITEBACK_BYTES = 32 << 20
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of dirty pages, do not wait for it
+_sync_file_range: Any = None  # resolved on first use: a ctypes function, or False where there is none
+
+
+def _resolve_sync_file_range() -> Any:
+    global _sync_file_range
+    if _sync_file_range is None:
+        func: Any = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                func = ctypes.CDLL(None, use_errno=True).sync_file_range
+                func.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+                func.restype = ctypes.c_int
+            except (OSError, AttributeError):  # no libc symbol (old/odd libc): the final fsync does it all
+                func = False
+        _sync_file_range = func
+    return _sync_file_range
+
+
+def start_writeback(fd: int) -> bool:
+    """Ask the kernel to start writing the file's dirty pages now (asynchronous; Linux only).
+
+    An optimisation only: it never fails and never replaces the fsync. False where unsupported."""
+    func = _resolve_sync_file_range()
+    if not func:
+        return False
+    return bool(func(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0)  # 0, 0: the whole file; errors ignored
 
 
 def part_key(entry: FileEntry) -> str:
@@ -211,6 +245,8 @@ class Journal:
         self._lock = threading.Lock()
         self._part_fd = -1
         self._offsets_fd = -1
+        self._unsynced = 0  # bytes written since writeback was last started
+        self._unsynced_lock = threading.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------------
     @classmethod
@@ -315,6 +351,7 @@ class Journal:
     def write(self, pos: int, data: bytes | bytearray | memoryview) -> None:
         """pwrite `data` at `pos` (all of it) into the part file."""
         view = memoryview(data)
+        total = view.nbytes
         try:
             while view:
                 n = os.pwrite(self._part_fd, view, pos)
@@ -322,6 +359,13 @@ class Journal:
                 pos += n
         except OSError as exc:  # ENOSPC -> NoSpaceError, EROFS/EACCES/... -> LocalIOError
             raise local_error(exc, path=self.part_path, needed=self.entry.size - self.bytes_done) from exc
+        with self._unsynced_lock:
+            self._unsynced += total
+            due = self._unsynced >= WRITEBACK_BYTES
+            if due:
+                self._unsynced = 0
+        if due:  # by the one writer that crossed the threshold, outside the lock
+            start_writeback(self._part_fd)
 
     def advance(self, seg: int, n: int) -> None:
         """Record that `n` more bytes of segment `seg` are on disk (call only after `write` returned)."""

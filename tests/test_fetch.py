@@ -293,6 +293,37 @@ def test_large_files_are_cut_into_ordered_pieces(hub: HubEmulator, big_file_repo
     assert (run.state_dir / "partial" / f"{part_key(plan.file(BIG))}.offsets").stat().st_size == 24 * 8
 
 
+def test_writeback_starts_while_downloading(big_hub: HubEmulator, tmp: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The part file's dirty pages are pushed out every WRITEBACK_BYTES, not all at the final fsync."""
+    monkeypatch.setattr(fetch_journal, "WRITEBACK_BYTES", 4 * MiB)
+    calls: list[int] = []
+    real = fetch_journal.start_writeback
+
+    def record(fd: int) -> bool:
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(fetch_journal, "start_writeback", record)
+    plan = plan_for(big_hub)
+    run = Run(big_hub, plan, tmp, entries=(plan.file(BIG),))
+    assert_correct(big_hub, run())
+    assert len(calls) >= 5, f"writeback started {len(calls)} times for 24 MiB in steps of 4 MiB"
+    assert len(set(calls)) == 1  # always the part file's descriptor
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux only")
+def test_start_writeback_uses_sync_file_range_on_linux(tmp: Path) -> None:
+    path = tmp / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"x" * MiB, 0)
+        assert fetch_journal.start_writeback(fd) is True
+        assert fetch_journal.start_writeback(-1) is False  # EBADF: ignored, never raised
+    finally:
+        os.close(fd)
+
+
 def test_parallel_ranges_beat_a_per_connection_cap(big_hub: HubEmulator, tmp: Path) -> None:
     big_hub.faults.rate_limit_per_connection = 16 * MiB  # bytes/s per response, like a CDN edge
     plan = plan_for(big_hub)
