@@ -1,6 +1,8 @@
 """The native download engine: parallel, ranged, resumable across processes, hashing as it goes.
 
-`fetch_files` returns complete `.part` files with the digests computed while streaming. It never
+`fetch_files` returns complete `.part` files with the digests computed while streaming (only the one
+`verify.matches` compares: sha256 for LFS files, the git blob sha1 otherwise; none under
+`config.verify == "none"`, where `Digests` carries "" and the caller must not compare). It never
 moves files into the target and never judges checksums: the caller compares the digests with the
 plan, calls `discard_partial` and fetches again on a mismatch, then moves the files in place.
 
@@ -60,7 +62,7 @@ from .manifest import FileEntry, Plan
 from .progress import Tracker
 from .redact import redact, strip_query
 from .retry import RetryBudget, parse_retry_after
-from .verify import Digests
+from .verify import Digests, wanted_digests
 
 __all__ = [
     "FetchedFile",
@@ -319,7 +321,10 @@ class _Session:
     def _download(self, job: _Job) -> Digests:
         journal = job.journal
         nseg = len(journal.segments)
-        frontier = HashFrontier(journal, threaded=nseg > 1)
+        # Hash only what the caller compares (verify.matches): sha256 for LFS files, the git blob sha1
+        # for the others; nothing at all under --verify none.
+        sha256, blob_sha1 = wanted_digests(job.entry) if self.config.verify != "none" else (False, False)
+        frontier = HashFrontier(journal, threaded=nseg > 1, sha256=sha256, blob_sha1=blob_sha1)
         try:
             if nseg <= 1 and not journal.no_range:
                 frontier.catch_up()  # re-hash a resumed prefix from disk once, then hash inline

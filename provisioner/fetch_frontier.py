@@ -1,4 +1,7 @@
-"""The hash frontier: sha256 + git blob sha1 of a file computed while its segments stream in.
+"""The hash frontier: sha256 and/or git blob sha1 of a file computed while its segments stream in.
+
+Only the digests asked for are computed (the caller asks for the one `verify.matches` compares);
+asked for none (`--verify none`), the frontier only records offsets: no hasher thread, no re-reads.
 
 The hasher must see the bytes in order, but segments land out of order. `position` is the
 frontier: every byte before it has been hashed. Writers `commit()` each chunk right after it is on
@@ -22,10 +25,12 @@ _WAKE_SECONDS = 1.0  # re-check period of the hasher thread; notify() normally w
 
 
 class HashFrontier:
-    def __init__(self, journal: Journal, *, threaded: bool) -> None:
+    def __init__(self, journal: Journal, *, threaded: bool, sha256: bool = True, blob_sha1: bool = True) -> None:
         self._journal = journal
         self._size = journal.entry.size
-        self._hasher = Hasher(self._size)
+        self._want = (sha256, blob_sha1)
+        self._active = sha256 or blob_sha1  # False: nothing to hash, offsets only
+        self._hasher = Hasher(self._size, sha256=sha256, blob_sha1=blob_sha1)
         self.position = 0
         self._seg = 0  # index of the segment holding the frontier
         self._cond = threading.Condition()
@@ -33,7 +38,7 @@ class HashFrontier:
         self._closed = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        if threaded:
+        if threaded and self._active:
             self._thread = threading.Thread(target=self._run, name=f"hash:{journal.entry.path[-40:]}", daemon=True)
             self._thread.start()
 
@@ -46,6 +51,8 @@ class HashFrontier:
         bytes as on-disk before this writer has decided to hash them inline (no needless re-read)."""
         with self._cond:
             self._journal.advance(seg, len(data))
+            if not self._active:
+                return
             if self._busy or pos != self.position or self._closed:
                 self._cond.notify_all()  # later bytes: the hasher thread reads them back when it gets there
                 return
@@ -64,7 +71,7 @@ class HashFrontier:
         if self._thread is not None:
             raise RuntimeError("reset() is only for single-stream files")
         with self._cond:
-            self._hasher = Hasher(self._size)
+            self._hasher = Hasher(self._size, sha256=self._want[0], blob_sha1=self._want[1])
             self.position = 0
             self._seg = 0
 
@@ -126,6 +133,8 @@ class HashFrontier:
 
     def catch_up(self) -> None:
         """Synchronously hash everything contiguous on disk from the frontier (single-stream resume)."""
+        if not self._active:
+            return
         while True:
             with self._cond:
                 if self._busy:
@@ -157,6 +166,12 @@ class HashFrontier:
         self.close()
         if self._error is not None:
             raise self._error
+        if not self._active:  # nothing hashed: the size on disk per the journal is all there is to report
+            done = self._journal.bytes_done
+            if done != self._size:
+                raise LocalIOError(f"{done} of {self._size} bytes of {self._journal.entry.path} on disk",
+                                   path=str(self._journal.part_path))
+            return Digests(size=done, sha256="", blob_sha1="")
         with self._cond:
             self._closed = False  # catch_up() must not be short-circuited; no thread is left
         self.catch_up()

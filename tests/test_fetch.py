@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from provisioner import fetch_journal
+from provisioner import fetch_journal, verify
 from provisioner.config import Config
 from provisioner.errors import (
     Interrupted,
@@ -137,8 +137,12 @@ def assert_correct(hub: HubEmulator, result: dict[str, FetchedFile], repo_id: st
     for path, fetched in result.items():
         info = files[path]
         assert fetched.digests.size == info.size, path
-        assert fetched.digests.sha256 == info.sha256, path
-        assert fetched.digests.blob_sha1 == info.blob_sha1, path
+        # Only the digest verify.matches compares is computed: sha256 for LFS files, git blob sha1 otherwise.
+        if fetched.entry.sha256:
+            assert (fetched.digests.sha256, fetched.digests.blob_sha1) == (info.sha256, ""), path
+        else:
+            assert (fetched.digests.sha256, fetched.digests.blob_sha1) == ("", info.blob_sha1), path
+        assert verify.matches(fetched.entry, fetched.digests), path
         assert fetched.part_path.stat().st_size == info.size, path
     for path, fetched in result.items():  # bytes on disk really are the file (not only the digests)
         info = files[path]
@@ -322,6 +326,56 @@ def test_start_writeback_uses_sync_file_range_on_linux(tmp: Path) -> None:
         assert fetch_journal.start_writeback(-1) is False  # EBADF: ignored, never raised
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("level", ["checksums", "none"])
+def test_hashes_only_what_is_compared(big_hub: HubEmulator, tmp: Path, monkeypatch: pytest.MonkeyPatch,
+                                      level: str) -> None:
+    """One digest per file (the one verify.matches compares), none at all under --verify none."""
+    hashed: dict[str, int] = {"sha256": 0, "sha1": 0}
+    real_init = verify.Hasher.__init__
+
+    def counting_init(self: verify.Hasher, size: int, *, sha256: bool = True, blob_sha1: bool = True) -> None:
+        real_init(self, size, sha256=sha256, blob_sha1=blob_sha1)
+        real_update = self.update
+
+        def update(data: bytes | memoryview) -> None:
+            hashed["sha256"] += len(data) if sha256 else 0
+            hashed["sha1"] += len(data) if blob_sha1 else 0
+            real_update(data)
+
+        self.update = update  # type: ignore[method-assign]
+
+    monkeypatch.setattr(verify.Hasher, "__init__", counting_init)
+    plan = plan_for(big_hub)
+    big, small = plan.file(BIG), plan.file("config.json")
+    assert big.sha256 and not small.sha256
+    run = Run(big_hub, plan, tmp, verify=level)
+    result = run()
+    if level == "none":
+        assert hashed == {"sha256": 0, "sha1": 0}
+        assert all(f.digests == verify.Digests(f.entry.size, "", "") for f in result.values())
+        assert not any(verify.matches(f.entry, f.digests) for f in result.values())  # never "verified"
+        for path, fetched in result.items():  # still the right bytes
+            with big_hub.files(REPO)[path].open() as src:
+                assert fetched.part_path.read_bytes() == src.read()
+    else:
+        assert hashed == {"sha256": big.size, "sha1": small.size}
+        assert_correct(big_hub, result)
+
+
+def test_matches_never_accepts_an_empty_digest() -> None:
+    lfs = FileEntry("w.bin", 3, sha256="a" * 64)
+    regular = FileEntry("c.json", 3, blob_sha1="b" * 40)
+    for entry in (lfs, regular):
+        assert not verify.matches(entry, verify.Digests(3, "", ""))
+    assert not verify.matches(FileEntry("x", 3), verify.Digests(3, "", ""))
+    assert verify.matches(lfs, verify.Digests(3, "a" * 64, ""))
+    assert verify.matches(regular, verify.Digests(3, "", "b" * 40))
+    data = b"abc"
+    digests = verify.Hasher(3, sha256=False)
+    digests.update(data)
+    assert digests.digests().sha256 == "" and len(digests.digests().blob_sha1) == 40
 
 
 def test_parallel_ranges_beat_a_per_connection_cap(big_hub: HubEmulator, tmp: Path) -> None:
