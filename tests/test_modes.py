@@ -27,7 +27,7 @@ def _status(port: int) -> dict:  # type: ignore[type-arg]
 
 def _up(port: int, path: str) -> int:
     try:
-        return http_get(f"http://127.0.0.1:{port}{path}", timeout=2)[0]
+        return http_get(f"http://127.0.0.1:{port}{path}", timeout=10)[0]
     except OSError:  # not listening yet
         return 0
 
@@ -91,7 +91,8 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
     if binary is None:
         pytest.skip("prometheus-pushgateway not installed (scripts/install-tools.sh installs it)")
     port = free_port()
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"],
+    # Debian's build persists to /var/lib/prometheus by default: start empty, keep nothing
+    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
                             stdout=subprocess.DEVNULL, stderr=(tmp_path / "pg.log").open("w"))
     url = f"http://127.0.0.1:{port}"
     try:
