@@ -83,6 +83,9 @@ MAX_REDIRECTS = 10
 MAX_RESTARTS = 3  # per file and call: `changed` / `range_ignored` restarts before giving up
 POLL_SECONDS = 0.1  # how often the coordinator looks at the external stop event
 ABORT_GRACE_SECONDS = 0.3  # after a stop/failure, workers get this long to reach a chunk boundary
+# A backoff ends early when another connection receives bytes (the remote is back), but never before
+# this: a connection failing on its own while the others stream must not retry in a tight loop.
+WAKE_FLOOR_SECONDS = 0.25
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -242,6 +245,7 @@ class _Session:
             jobs = list(self._jobs)
         for job in jobs:
             job.abort(hard=hard)
+        self.budget.wake()  # workers backing off notice their cancel event at once
         if hard:
             # Also the sockets still waiting for response headers (a stall before headers), which
             # no job knows about yet: every connection of this call was opened through `_trace`.
@@ -403,8 +407,22 @@ class _Session:
                 log.warning("fetch %s: %s; retrying in %.2fs (from byte %d)", path, message, delay,
                             job.journal.segments[seg][0] + job.journal.done[seg])
                 attempt += 1
-                if job.cancel.wait(delay):  # the backoff; a stop or abort ends it at once
-                    raise _Aborted() from None
+                if self._backoff(job, delay, wake_on_progress=r.retry_after is None):
+                    attempt = 0  # another connection got bytes while we slept: the remote is back
+
+    def _backoff(self, job: _Job, delay: float, *, wake_on_progress: bool) -> bool:
+        """Sleep `delay` seconds before a retry. A stop or abort ends it at once (_Aborted); so does
+        progress on any other connection of this run after WAKE_FLOOR_SECONDS (returns True), unless
+        the server asked for the wait (Retry-After). Without it, each worker's own escalated backoff
+        (up to --backoff-max) would hold its piece long after an outage ended."""
+        since = self.budget.generation
+        floor = min(delay, WAKE_FLOOR_SECONDS) if wake_on_progress else delay
+        if job.cancel.wait(floor):
+            raise _Aborted() from None
+        woke = delay > floor and self.budget.wait_for_progress(delay - floor, since=since, stop=job.cancel)
+        if job.cancel.is_set():
+            raise _Aborted() from None
+        return woke
 
     def _stream_segment(self, job: _Job, seg: int, frontier: HashFrontier) -> None:
         journal = job.journal

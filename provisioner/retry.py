@@ -16,6 +16,7 @@ from collections.abc import Callable
 from .errors import RetryBudgetExhausted
 
 BACKOFF_BASE_SECONDS = 0.5
+WAIT_SLICE_SECONDS = 0.1  # wait_for_progress re-checks its stop event at least this often
 
 
 class RetryBudget:
@@ -23,12 +24,49 @@ class RetryBudget:
         self.seconds = seconds
         self._clock = clock
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._last_progress = clock()
+        self._generation = 0  # bumped by every progress(): "did anything arrive since?"
+        self._waiters = 0  # threads inside wait_for_progress (progress() notifies only if any)
 
     def progress(self) -> None:
-        """Bytes arrived: the run is healthy, restart the clock."""
+        """Bytes arrived: the run is healthy, restart the clock (and wake workers backing off)."""
         with self._lock:
             self._last_progress = self._clock()
+            self._generation += 1
+            if self._waiters:
+                self._cond.notify_all()
+
+    @property
+    def generation(self) -> int:
+        """A counter that changes on every progress(); pass it to wait_for_progress as `since`."""
+        with self._lock:
+            return self._generation
+
+    def wake(self) -> None:
+        """Wake every wait_for_progress now so it re-checks its stop event (e.g. on abort)."""
+        with self._lock:
+            if self._waiters:
+                self._cond.notify_all()
+
+    def wait_for_progress(self, timeout: float, *, since: int, stop: threading.Event | None = None) -> bool:
+        """Sleep up to `timeout` seconds; return True at once when progress() was called after the
+        generation `since` (another connection got bytes: the remote is back), False after the full
+        timeout or when `stop` is set (noticed within WAIT_SLICE_SECONDS, or at once after wake())."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._waiters += 1
+            try:
+                while self._generation == since:
+                    if stop is not None and stop.is_set():
+                        return False
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(min(left, WAIT_SLICE_SECONDS))
+                return True
+            finally:
+                self._waiters -= 1
 
     def remaining(self) -> float:
         with self._lock:

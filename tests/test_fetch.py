@@ -732,6 +732,82 @@ def test_retry_budget_runs_out_during_an_outage(big_hub: HubEmulator, tmp: Path)
     assert served(big_hub) - plan.total_bytes <= first - kept + 1 * MiB
 
 
+class _ScriptedBudget(RetryBudget):
+    """Deterministic backoffs: the first worker thread to back off gets `quick` seconds, every other
+    one the full cap (--backoff-max), whatever its attempt count."""
+
+    def __init__(self, seconds: float, *, quick: float | None) -> None:
+        super().__init__(seconds)
+        self.quick = quick
+        self.asked: dict[int, int] = {}  # thread id -> delays asked
+        self._asked_lock = threading.Lock()
+
+    def delay(self, *, attempt: int, cap: float, retry_after: float | None = None) -> float:
+        me = threading.get_ident()
+        with self._asked_lock:
+            first = not self.asked
+            self.asked[me] = self.asked.get(me, 0) + 1
+            if first:
+                self.quick_thread = me
+        if self.quick is not None and me == self.quick_thread:
+            return self.quick
+        return max(0.0, min(cap, self.remaining()))
+
+
+def _outage_run(big_hub: HubEmulator, tmp: Path, *, quick: float | None) -> tuple[Run, _ScriptedBudget]:
+    big_hub.faults.rate_limit_global = 16 * MiB
+    plan = plan_for(big_hub)
+    run = Run(big_hub, plan, tmp, entries=(plan.file(BIG),), retry_budget=120.0, backoff_max=20.0)
+    budget = _ScriptedBudget(120.0, quick=quick)
+    run.budget = budget
+    run.start()
+    wait_served(big_hub, 6 * MiB)  # all 4 pieces are streaming
+    big_hub.down()
+    # Every worker has failed and is backing off (the slow ones for 20 s).
+    deadline = time.monotonic() + 10
+    while len(budget.asked) < 4 or min(budget.asked.values()) < 1:
+        assert time.monotonic() < deadline, f"workers backing off: {budget.asked}"
+        time.sleep(0.02)
+    return run, budget
+
+
+def test_workers_wake_when_the_hub_is_back(big_hub: HubEmulator, tmp: Path) -> None:
+    """After an outage every piece worker resumes as soon as any connection gets bytes again, not
+    when its own escalated backoff (here 20 s) ends."""
+    run, budget = _outage_run(big_hub, tmp, quick=0.1)
+    try:
+        # The quick worker keeps finding the hub down: no stray progress is left to wake anyone.
+        seen = budget.asked[budget.quick_thread]
+        deadline = time.monotonic() + 10
+        while budget.asked[budget.quick_thread] < seen + 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        before = len(big_hub.stats.requests)
+    finally:
+        big_hub.up()
+
+    def resumed(stats: Any) -> int:
+        return len({r.range for r in stats.requests[before:] if r.kind == "cdn" and r.status == 206})
+
+    # All 4 pieces asked for again within a few seconds of up() (each slow worker slept 20 s otherwise).
+    assert big_hub.wait_for(lambda s: resumed(s) >= 4, timeout=5.0), \
+        f"only {resumed(big_hub.stats)} of 4 pieces resumed within 5 s after the hub came back"
+    assert_correct(big_hub, run.join(timeout=15))
+    assert served(big_hub) <= 24 * MiB + 2 * MiB  # resumed, not re-sent
+
+
+def test_stop_interrupts_a_long_backoff(big_hub: HubEmulator, tmp: Path) -> None:
+    run, _ = _outage_run(big_hub, tmp, quick=None)  # every worker sleeps 20 s
+    try:
+        t0 = time.monotonic()
+        run.stop.set()
+        with pytest.raises(Interrupted):
+            run.join(timeout=10)
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        big_hub.up()
+
+
 def test_planted_symlink_part_file_is_never_written_through(big_hub: HubEmulator, tmp: Path) -> None:
     plan = plan_for(big_hub)
     entry = plan.file("config.json")

@@ -79,3 +79,40 @@ def test_listen_ipv6_needs_brackets() -> None:
     assert Config.from_sources(args={"listen": "[::1]:8080"}, environ={}).listen == "[::1]:8080"
     with pytest.raises(ConfigError, match="brackets"):
         Config.from_sources(args={"listen": "::1:8080"}, environ={})
+
+
+def test_wait_for_progress_wakes_on_progress_from_another_thread() -> None:
+    import threading
+    import time
+
+    budget = RetryBudget(60)
+    since = budget.generation
+    budget.progress()  # progress before the wait started but after `since`: returns at once
+    assert budget.wait_for_progress(5, since=since) is True
+    since = budget.generation
+    timer = threading.Timer(0.2, budget.progress)
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        assert budget.wait_for_progress(10, since=since) is True
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 5  # woken by progress(), not by the 10 s timeout
+    assert budget._waiters == 0
+
+
+def test_wait_for_progress_times_out_and_stops() -> None:
+    import threading
+    import time
+
+    budget = RetryBudget(60)
+    t0 = time.monotonic()
+    assert budget.wait_for_progress(0.2, since=budget.generation) is False
+    assert 0.15 <= time.monotonic() - t0 < 5
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    t0 = time.monotonic()
+    assert budget.wait_for_progress(30, since=budget.generation, stop=stop) is False
+    assert time.monotonic() - t0 < 5  # the stop event ended it, not the 30 s timeout
+    stop.set()
+    assert budget.wait_for_progress(30, since=budget.generation, stop=stop) is False  # already set: at once
