@@ -37,12 +37,18 @@ from .manifest import FileEntry, Plan
 from .progress import Event, Phase, Tracker
 from .redact import redact, register_secret
 from .retry import RetryBudget
-from .verify import hash_file, matches, mismatch_detail
+from .verify import hash_file, matches, mismatch_detail, wanted_digests
 
 log = logging.getLogger("provisioner")
 
 # A file whose bytes keep failing their checksum is fetched again this many times, then we give up.
 MAX_CHECKSUM_REFETCHES = 2
+
+
+def _wanted(entry: FileEntry) -> dict[str, bool]:
+    """Only the digest the plan can compare: re-hashing a multi-GiB file twice over is wasted CPU."""
+    sha256, blob_sha1 = wanted_digests(entry)
+    return {"sha256": sha256, "blob_sha1": blob_sha1}
 
 
 class StopEvent(threading.Event):
@@ -295,7 +301,7 @@ class _Run:
                 raise LocalIOError(f"cannot inspect {final}: {exc.strerror}", path=str(final)) from None
             if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == entry.size and self._inside(final):
                 self.tracker.set_phase(Phase.VERIFYING)
-                if self.config.verify == "none" or matches(entry, hash_file(final, size=entry.size)):
+                if self.config.verify == "none" or matches(entry, hash_file(final, size=entry.size, **_wanted(entry))):
                     on_disk[entry.path] = entry.size
                     continue
                 log.warning("%s on disk does not match the plan: fetching it again", entry.path)
@@ -333,7 +339,7 @@ class _Run:
             self.tracker.set_phase(Phase.VERIFYING)
             for entry in todo:
                 final = self.target / entry.path
-                digests = hash_file(final, size=entry.size)
+                digests = hash_file(final, size=entry.size, **_wanted(entry))
                 if not matches(entry, digests):
                     expected, actual = mismatch_detail(entry, digests)
                     self.tracker.discard_bytes(entry.path, entry.size)
