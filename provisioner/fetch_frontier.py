@@ -118,14 +118,7 @@ class HashFrontier:
                     self._busy = True
                     start = self.position
                     end = min(self._available_end(), start + READ_CHUNK)
-                n = 0
-                try:
-                    n = self._hash_from_disk(start, end)
-                finally:
-                    with self._cond:
-                        self.position += n
-                        self._busy = False
-                        self._cond.notify_all()
+                self._hash_claimed(start, end)
         except BaseException as exc:  # noqa: BLE001 - stored and re-raised by finish() in the owning worker
             with self._cond:
                 self._error = exc
@@ -145,14 +138,18 @@ class HashFrontier:
                     return
                 self._busy = True
                 start = self.position
-            n = 0
-            try:
-                n = self._hash_from_disk(start, end)
-            finally:
-                with self._cond:
-                    self.position += n
-                    self._busy = False
-                    self._cond.notify_all()
+            self._hash_claimed(start, end)
+
+    def _hash_claimed(self, start: int, end: int) -> None:
+        """Hash [start, end) that the caller claimed by setting `_busy`; advance and release the frontier."""
+        n = 0
+        try:
+            n = self._hash_from_disk(start, end)
+        finally:
+            with self._cond:
+                self.position += n
+                self._busy = False
+                self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
