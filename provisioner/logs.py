@@ -352,8 +352,8 @@ class ProgressReporter:
             msg = f"{'already present' if d.get('skipped') else 'done'}: {d.get('path')}"
         elif kind == "retry":
             level = logging.WARNING
-            msg = (f"retry ({d.get('reason')}) {d.get('path') or ''} in {d.get('delay')}s: "
-                   f"{d.get('message')}")
+            where = f" {d['path']}" if d.get("path") else ""
+            msg = f"retry ({d.get('reason')}){where} in {d.get('delay')}s: {d.get('message')}"
         elif kind == "stall":
             level = logging.WARNING
             msg = f"stalled: {d.get('path') or 'transfer'} received nothing within the stall timeout"
