@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _skip_optional_async_backends() -> None:
+    """The CLI only speaks synchronous HTTP. httpcore2 imports `trio` when it is installed, for async
+    backends it never uses here; that import costs ~80 ms of every pod start. Mark it absent (httpcore2
+    treats a failed import as "not installed"). Not done in the library API: an app may use trio."""
+    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -64,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             return _check(ns)
         if ns.command == "verify":
             return _verify(ns)
+        _skip_optional_async_backends()
         if ns.command == "demo":
             return _demo(ns)
         return _run(ns)
