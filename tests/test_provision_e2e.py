@@ -5,7 +5,9 @@ from __future__ import annotations
 import filecmp
 import os
 import signal
+import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,18 @@ from provisioner.testing.hub import HubEmulator
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BIG = "org/big"
 MiB = 1 << 20
+
+
+def _run_until(hub: HubEmulator, argv: list[str], *, log: Path, at: int,
+               act: Callable[[subprocess.Popen[str]], object], wait: float = 120) -> int:
+    """Start `run`, do `act` once the hub has served `at` bytes of model.safetensors, return the exit code."""
+    proc = start_cli(argv, log=log)
+    try:
+        assert hub.wait_for(lambda s: s.bytes_by_file["model.safetensors"] >= at, timeout=60)
+        act(proc)
+        return proc.wait(wait)
+    finally:
+        proc.kill()
 
 
 def _same_tree(src: Path, dst: Path, paths: list[str]) -> None:
@@ -90,13 +104,7 @@ def test_resume_after_sigkill_resends_little(hub: HubEmulator, big_file_repo, tm
     target = tmp_path / "m"
     argv = run_args(endpoint=hub.url, target=target, repo_id=BIG,
                     extra=["--verify", "checksums", "--split-threshold", "16MiB"])
-    proc = start_cli(argv, log=tmp_path / "first.log")
-    try:
-        assert hub.wait_for(lambda s: s.bytes_by_file["model.safetensors"] >= size // 2, timeout=60)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        proc.kill()
+    _run_until(hub, argv, log=tmp_path / "first.log", at=size // 2, act=lambda p: p.send_signal(signal.SIGKILL))
     hub.wait_idle()
     sent_before = hub.stats.bytes_by_file["model.safetensors"]
     assert not marker.read_marker(target)
@@ -116,13 +124,8 @@ def test_sigterm_stops_gracefully_and_resumes(hub: HubEmulator, big_file_repo, t
     hub.faults.rate_limit_global = 8 * MiB
     target = tmp_path / "m"
     argv = run_args(endpoint=hub.url, target=target, repo_id=BIG, extra=["--verify", "checksums"])
-    proc = start_cli(argv, log=tmp_path / "term.log")
-    try:
-        assert hub.wait_for(lambda s: s.bytes_by_file["model.safetensors"] >= size // 4, timeout=60)
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(20)
-    finally:
-        proc.kill()
+    code = _run_until(hub, argv, log=tmp_path / "term.log", at=size // 4,
+                      act=lambda p: p.send_signal(signal.SIGTERM), wait=20)
     assert code == 128 + signal.SIGTERM
     assert not marker.read_marker(target)
     parts = list((target / ".provisioner" / "partial").glob("*.part"))
@@ -142,14 +145,11 @@ def test_outage_longer_than_inner_retries_recovers(hub: HubEmulator, big_file_re
     target = tmp_path / "m"
     argv = run_args(endpoint=hub.url, target=target, repo_id=BIG,
                     extra=["--verify", "checksums", "--backoff-max", "1", "--retry-budget", "60"])
-    proc = start_cli(argv, log=tmp_path / "outage.log")
-    try:
-        assert hub.wait_for(lambda s: s.bytes_by_file["model.safetensors"] >= size // 3, timeout=60)
+    def outage(_proc: subprocess.Popen[str]) -> None:
         hub.outage(8.0)  # longer than huggingface_hub's own 5 x 1 s inner retries
         hub.faults.rate_limit_global = None
-        code = proc.wait(120)
-    finally:
-        proc.kill()
+
+    code = _run_until(hub, argv, log=tmp_path / "outage.log", at=size // 3, act=outage)
     assert code == 0, (tmp_path / "outage.log").read_text()[-3000:]
     hub.wait_idle()
     assert hub.stats.bytes_by_file["model.safetensors"] - size <= 4 * MiB
@@ -164,13 +164,9 @@ def test_outage_longer_than_budget_exits_transient_and_keeps_partial(hub: HubEmu
     target = tmp_path / "m"
     argv = run_args(endpoint=hub.url, target=target, repo_id=BIG,
                     extra=["--verify", "checksums", "--backoff-max", "0.5", "--retry-budget", "3"])
-    proc = start_cli(argv, log=tmp_path / "budget.log")
     try:
-        assert hub.wait_for(lambda s: s.bytes_by_file["model.safetensors"] >= size // 4, timeout=60)
-        hub.down()
-        code = proc.wait(60)
+        code = _run_until(hub, argv, log=tmp_path / "budget.log", at=size // 4, act=lambda _p: hub.down(), wait=60)
     finally:
-        proc.kill()
         hub.up()
     assert code == ExitCode.TRANSIENT
     assert not marker.read_marker(target)
