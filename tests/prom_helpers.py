@@ -68,6 +68,18 @@ def http_get(url: str, *, timeout: float = 5.0) -> tuple[int, dict[str, str], by
         return err.code, dict(err.headers), err.read()
 
 
+def stop_process(proc: subprocess.Popen[Any] | None, *, timeout: float) -> None:
+    """SIGTERM a process this test started (by PID), then SIGKILL it if it outlives `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
 class PrometheusServer:
     """A real Prometheus scraping `targets` every second. Use as a context manager."""
 
@@ -131,14 +143,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, signal.SIGTERM)  # by PID: only the server we started
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        stop_process(proc, timeout=15)
 
     def __enter__(self) -> PrometheusServer:
         return self.start()

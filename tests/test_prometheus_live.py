@@ -31,6 +31,7 @@ from prom_helpers import (
     free_port,
     http_get,
     label_values_to_promql,
+    stop_process,
     substitute,
     template_queries,
     wait_for,
@@ -195,14 +196,7 @@ def cli_run(hub, big_file_repo, tmp_path: Path) -> Iterator[CliRun]:  # type: ig
     try:
         yield run
     finally:
-        proc = run.proc
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)  # by PID: the process this test started
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        stop_process(run.proc, timeout=20)
 
 
 def test_prometheus_scrapes_a_real_cli_run(cli_run, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
