@@ -23,6 +23,7 @@ from typing import Any
 
 from . import marker
 from .config import Config, read_token
+from .context import Stop, check_stop
 from .errors import (
     Interrupted,
     LocalIOError,
@@ -49,16 +50,6 @@ def _wanted(entry: FileEntry) -> dict[str, bool]:
     """Only the digest the plan can compare: re-hashing a multi-GiB file twice over is wasted CPU."""
     sha256, blob_sha1 = wanted_digests(entry)
     return {"sha256": sha256, "blob_sha1": blob_sha1}
-
-
-class StopEvent(threading.Event):
-    """A stop request that remembers which signal asked for it (for the 128+N exit code)."""
-
-    signum: int = 15
-
-    def stop(self, signum: int = 15) -> None:
-        self.signum = signum
-        self.set()
 
 
 @dataclass(frozen=True)
@@ -92,7 +83,7 @@ def provision(config: Config | None = None, *, progress: Callable[[Event], None]
     tracker = tracker or Tracker(repo_id=config.repo_id, revision=config.revision)
     if progress is not None:
         tracker.subscribe(progress)
-    stop = stop if stop is not None else StopEvent()
+    stop = stop if stop is not None else Stop()
     run = _Run(config, tracker=tracker, stop=stop, free_space=free_space)
     try:
         try:
@@ -398,5 +389,4 @@ class _Run:
             raise VerificationError(f"embedding smoke test failed: {detail}", kind="embedding")
 
     def _check_stop(self) -> None:
-        if self.stop.is_set():
-            raise Interrupted(getattr(self.stop, "signum", 15))
+        check_stop(self.stop)

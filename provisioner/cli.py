@@ -115,7 +115,8 @@ def _install_signal_handlers(stop: Any) -> None:
 
 def _run(ns: argparse.Namespace, *, config: Config | None = None, free_space: Any = None) -> int:
     from . import logs, metrics
-    from .api import StopEvent, provision
+    from .api import provision
+    from .context import Stop
     from .marker import check_ready
     from .progress import Tracker
     from .redact import redact, register_secret
@@ -129,7 +130,7 @@ def _run(ns: argparse.Namespace, *, config: Config | None = None, free_space: An
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
     log = logging.getLogger("provisioner")
-    stop = StopEvent()
+    stop = Stop()
     _install_signal_handlers(stop)
     tracker = Tracker(repo_id=cfg.repo_id, revision=cfg.revision)
     registry = metrics.make_registry(tracker)

@@ -40,9 +40,9 @@ from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import build_hf_headers
 
 from .config import Config
+from .context import interrupted
 from .errors import (
     BadRemoteError,
-    Interrupted,
     NotFoundError,
     ProvisionerError,
     TransientError,
@@ -709,5 +709,5 @@ def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, config: Config, sta
     if first_error is not None:
         raise first_error
     if stopped or len(results) < len(order):
-        raise Interrupted(int(getattr(stop, "signum", 15)))
+        raise interrupted(stop)
     return results

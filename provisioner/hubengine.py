@@ -43,6 +43,7 @@ from huggingface_hub import get_cached_repo_tree, snapshot_download
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 from .config import Config
+from .context import call_interruptible, interrupted
 from .errors import (
     BadRemoteError,
     Interrupted,
@@ -66,7 +67,6 @@ HUB_METADATA_DIR = ".cache/huggingface"  # what huggingface_hub writes inside lo
 HUB_CACHE_DIR = ".provisioner/hub-cache"  # our cache_dir for the library (it writes refs there)
 _TRANSFER_BAR_NAME = "huggingface_hub.snapshot_download.transfer"
 _TRANSFER_BAR_DESC = "Downloading bytes"
-_POLL_SECONDS = 0.2  # how often the waiting thread looks at `stop`
 _MAX_CHAIN = 8
 
 
@@ -311,42 +311,34 @@ def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, config: Config, sin
     """Run one snapshot_download call and re-raise what it raised. Stops waiting early when `stop` is set
     (Interrupted) or when the retry budget runs out without a byte arriving (RetryBudgetExhausted): the
     library retries HEAD requests and 5xx answers on its own, for minutes, inside one call."""
-    outcome: dict[str, BaseException] = {}
-    finished = threading.Event()
     target = Path(config.target)
 
     def work() -> None:
-        try:
-            snapshot_download(
-                plan.repo_id,
-                revision=plan.commit,
-                local_dir=target,
-                cache_dir=target / HUB_CACHE_DIR,
-                allow_patterns=[glob.escape(p) for p in paths],
-                endpoint=plan.endpoint,
-                token=config.token or False,  # False: never a token from ~/.cache/huggingface
-                max_workers=config.max_workers,
-                etag_timeout=config.stall_timeout,
-                force_download=True,  # the caller asks only for files it could not verify on disk
-                tqdm_class=sink.tqdm_class(),
-                library_name="model-provisioner",
-            )
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, which classifies it
-            outcome["error"] = exc
-        finally:
-            finished.set()
+        snapshot_download(
+            plan.repo_id,
+            revision=plan.commit,
+            local_dir=target,
+            cache_dir=target / HUB_CACHE_DIR,
+            allow_patterns=[glob.escape(p) for p in paths],
+            endpoint=plan.endpoint,
+            token=config.token or False,  # False: never a token from ~/.cache/huggingface
+            max_workers=config.max_workers,
+            etag_timeout=config.stall_timeout,
+            force_download=True,  # the caller asks only for files it could not verify on disk
+            tqdm_class=sink.tqdm_class(),
+            library_name="model-provisioner",
+        )
 
-    thread = threading.Thread(target=work, name="hubengine-snapshot", daemon=True)
-    thread.start()
-    while not finished.wait(_POLL_SECONDS):
-        if stop.is_set():
-            sink.abandon()
-            raise Interrupted(getattr(stop, "signum", 15))
+    def give_up() -> None:
         if budget.remaining() <= 0:
             sink.abandon()
             budget.check(reason="stall", message="huggingface_hub made no progress (it retries internally)")
-    if "error" in outcome:
-        raise outcome["error"]
+
+    try:
+        call_interruptible(work, stop=stop, name="hubengine-snapshot", give_up=give_up)
+    except Interrupted:
+        sink.abandon()
+        raise
 
 
 def _explain_missing(plan: Plan, missing: Sequence[str], *, target: Path) -> ProvisionerError:
@@ -390,7 +382,7 @@ def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, 
     attempt = 0
     while True:
         if stop.is_set():
-            raise Interrupted(getattr(stop, "signum", 15))
+            raise interrupted(stop)
         sink.new_attempt()
         error: ProvisionerError | None = None
         try:
@@ -398,7 +390,7 @@ def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, 
         except (Interrupted, RetryBudgetExhausted):
             raise
         except _StopRequested:  # the hook saw `stop` before the waiting loop did
-            raise Interrupted(getattr(stop, "signum", 15)) from None
+            raise interrupted(stop) from None
         except Exception as exc:  # classified: permanent errors re-raise below, transient ones retry
             error = classify_download_error(exc, plan=plan)
             log.debug("snapshot_download failed", exc_info=exc)
@@ -427,7 +419,7 @@ def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, 
         log.warning("hub engine: retrying in %.1fs (%d file(s) left): %s", delay, len(pending), message)
         attempt += 1
         if stop.wait(delay):
-            raise Interrupted(getattr(stop, "signum", 15))
+            raise interrupted(stop)
 
 
 def hub_metadata_dir(target: Path) -> Path:

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import Interrupted, LocalIOError
+from .context import interrupted
+from .errors import LocalIOError
 from .lock import Coordinator, FileLock
 from .progress import Event, Tracker
 from .redact import redact
@@ -617,7 +618,7 @@ class LeaseCoordinator:
         failing_since: float | None = None
         while True:
             if stop.is_set():
-                raise Interrupted(getattr(stop, "signum", 15))
+                raise interrupted(stop)
             try:
                 try:
                     lease: dict[str, Any] | None = self.api.request("GET", self._path(name))
@@ -663,7 +664,7 @@ class LeaseCoordinator:
                     raise _LeaseUnavailable(f"{exc} for {now - failing_since:.0f}s") from exc
                 log.debug("Lease %s: %s; retrying", name, exc)
             if stop.wait(self.poll_seconds):
-                raise Interrupted(getattr(stop, "signum", 15))
+                raise interrupted(stop)
 
     def _expired(self, spec: dict[str, Any], observed_at: float) -> bool:
         duration = spec.get("leaseDurationSeconds") or self.duration_seconds

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from .context import interrupted
 from .errors import LocalIOError
 from .progress import Tracker
 
@@ -43,7 +44,6 @@ class FileLock:
 
     @contextlib.contextmanager
     def hold(self, *, key: str, tracker: Tracker, stop: threading.Event) -> Iterator[None]:
-        from .errors import Interrupted
 
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -63,7 +63,7 @@ class FileLock:
                     tracker.waiting(holder=holder)
                     reported = True
                 if stop.wait(POLL_SECONDS):  # poll: flock has no timeout and must stay interruptible
-                    raise Interrupted(getattr(stop, "signum", 15))
+                    raise interrupted(stop)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{self.identity} {key}\n".encode(), 0)
             yield

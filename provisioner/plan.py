@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .context import call_interruptible, interrupted
 from .errors import (
     BadRemoteError,
     Interrupted,
@@ -100,29 +101,6 @@ def classify_hub_error(exc: BaseException, *, repo_id: str, revision: str) -> Pr
     return TransientError(f"hub API call failed: {redact(str(exc))[:200]}", reason="api")
 
 
-def _interruptible(fn: Callable[[], Any], *, stop: threading.Event) -> Any:
-    """Run a blocking library call in a daemon thread so that SIGTERM is answered at once, not after the
-    call's own timeout (which can equal the pod's whole termination grace period)."""
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed back to the caller's thread below
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=target, name="hub-api", daemon=True).start()
-    while not done.wait(0.1):  # poll: lets a stop request interrupt a stalled call
-        if stop.is_set():
-            raise Interrupted(getattr(stop, "signum", 15))
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 def transport_error(exc: BaseException, *, what: str) -> TransientError | None:
     """An httpx2 transport failure as a retryable error with its reason label; None for anything else."""
     import httpx2
@@ -141,7 +119,7 @@ def call_with_retries(fn: Callable[[], Any], *, what: str, repo_id: str, revisio
     attempt = 0
     while True:
         try:
-            return _interruptible(fn, stop=stop)
+            return call_interruptible(fn, stop=stop, name="hub-api")
         except Exception as exc:  # classified below: permanent errors re-raise, transient ones retry
             if isinstance(exc, Interrupted):
                 raise
@@ -155,7 +133,7 @@ def call_with_retries(fn: Callable[[], Any], *, what: str, repo_id: str, revisio
             log.warning("retrying %s in %.1fs: %s", what, delay, redact(str(err)))
             attempt += 1
             if stop.wait(delay):
-                raise Interrupted(getattr(stop, "signum", 15)) from None
+                raise interrupted(stop) from None
 
 
 def fetch_model_info(config: Config, *, revision: str, budget: RetryBudget, tracker: Tracker | None,

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import Interrupted
+from .context import interrupted
 
 # Plain English that multilingual models (the default paraphrase-multilingual-MiniLM-L12-v2) handle too.
 # Measured with all-MiniLM-L6-v2: cos(pair) = 0.755, cos(pair[0], unrelated) = -0.105.
@@ -292,7 +292,7 @@ def _wait(proc: subprocess.Popen[bytes], *, deadline: float, stop: threading.Eve
             return True
         except subprocess.TimeoutExpired:  # still running: check the deadline and the stop flag
             if stop is not None and stop.is_set():
-                raise Interrupted(getattr(stop, "signum", signal.SIGTERM.value)) from None
+                raise interrupted(stop) from None
 
 
 def run_smoke_test(model_dir: Path, *, reference: Path | None = None, timeout: float = DEFAULT_TIMEOUT,
