@@ -29,6 +29,8 @@ if str(_ROOT) not in sys.path:
 
 from provisioner.testing.hub import HubEmulator, prime_hash_cache  # noqa: E402
 
+pytest_plugins = ["skip_policy"]  # every skip is reported; unexpected ones fail CI (tests/allowed_skips.txt)
+
 MODEL_REPO_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SMALL_LFS_SIZE = 12 * 1024 * 1024 + 123  # over the 10 MiB LFS threshold, odd-sized on purpose
 

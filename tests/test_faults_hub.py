@@ -99,6 +99,14 @@ def retry_reasons(stderr: str) -> list[str]:
     return [str(ln.get("reason")) for ln in json_lines(stderr) if ln.get("event") == "retry"]
 
 
+def range_starts(hub: HubEmulator, path: str) -> list[int]:
+    """The first byte each request for `path`'s bytes asked for, in arrival order (no Range = 0)."""
+    hub.wait_idle()
+    records = [r for r in hub.stats.requests if r.path.endswith("/" + path) and r.method == "GET"
+               and r.status in (200, 206)]
+    return [int(r.range.split("=")[1].split("-")[0]) if r.range else 0 for r in records]
+
+
 def served(hub: HubEmulator, path: str) -> int:
     hub.wait_idle()
     return hub.stats.bytes_by_file[path]
@@ -181,6 +189,33 @@ def test_stall_before_headers_watchdog_then_recovers(repo_hub: HubEmulator, tmp_
     assert "stall" in retry_reasons(log.read_text())
 
 
+def test_stall_before_headers_mid_file_resumes_at_the_byte(repo_hub: HubEmulator, tmp_path: Path,
+                                                           proc_cleanup: list[subprocess.Popen[str]]) -> None:
+    """The first response stalls after 1.5 MiB, and from then on every new request hangs before its
+    headers: the watchdog cuts each silent request, and once the hub answers again the file resumes
+    where it stopped (the Range of every later request starts past the bytes already received)."""
+    hub = repo_hub
+    hub.faults.path = f"*{BIG}*"
+    hub.faults.rate_limit_global = 2 * MiB  # 0.75 s to the stall + the 1 s watchdog: time to arm the next fault
+    hub.faults.stall_mid_body = (3 * MiB // 2, 60.0)
+    log = tmp_path / "run.log"
+    proc = start_cli(run_args(endpoint=hub.url, target=tmp_path / "m", repo_id=REPO, extra=FAST), log=log)
+    proc_cleanup.append(proc)
+    # the first response has sent its headers: from now on, only new requests hang before theirs
+    assert hub.wait_for(lambda s: s.bytes_by_file[BIG] > 0, timeout=30)
+    hub.faults.stall_before_headers = 60.0
+    assert hub.wait_for(lambda s: s.faults_fired["stall_before_headers"] >= 2, timeout=20), log.read_text()[-4000:]
+    hub.faults.stall_before_headers = 0.0
+    hub.faults.rate_limit_global = None
+    hub.release_stalls()
+    assert proc.wait(60) == 0, log.read_text()[-4000:]
+    assert_ready(tmp_path / "m", FILES)
+    assert "stall" in retry_reasons(log.read_text())
+    starts = range_starts(hub, BIG)
+    assert starts[0] == 0 and len(starts) >= 2, starts
+    assert all(s >= MiB for s in starts[1:]), f"a request after the watchdog restarted the file: {starts}"
+
+
 def test_stall_mid_body_resumes_at_the_byte(repo_hub: HubEmulator, tmp_path: Path) -> None:
     hub = repo_hub
     hub.faults.path = f"*{BIG}*"
@@ -190,6 +225,10 @@ def test_stall_mid_body_resumes_at_the_byte(repo_hub: HubEmulator, tmp_path: Pat
     assert time.monotonic() - t0 < 30, "the stall watchdog did not cut the silent connection"
     assert_ready(tmp_path / "m", FILES, res)
     assert "stall" in retry_reasons(res.stderr)
+    # the mechanism: the request after the stalled one asks for the bytes it lacks, not from byte 0
+    starts = range_starts(hub, BIG)
+    assert len(starts) >= 2 and starts[0] == 0, starts
+    assert all(s >= MiB for s in starts[1:]), f"a request after the stall restarted the file: {starts}"
     assert served(hub, BIG) <= BIG_SIZE + 2 * MiB
 
 
@@ -334,8 +373,11 @@ def test_file_changed_on_hub_between_attempts_no_splice(repo_hub: HubEmulator, t
     want = {**FILES, BIG: new}
     assert_ready(target, want, res)
     assert marker.read_marker(target)["commit"] == new_commit  # type: ignore[index]
-    # no splice: the new content was fetched whole, none of the old partial was reused for it
-    assert served(hub, BIG) >= BIG_SIZE
+    # no splice: the new content was fetched whole from byte 0, none of the old partial was reused for
+    # it, and no checksum mismatch was needed to find that out (a splice would be caught and refetched)
+    assert range_starts(hub, BIG)[0] == 0, range_starts(hub, BIG)
+    assert served(hub, BIG) == BIG_SIZE
+    assert "checksum" not in retry_reasons(res.stderr), res.stderr[-4000:]
 
 
 # ---- (b) cases: permanent errors and spent budgets ------------------------------------------------
