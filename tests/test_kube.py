@@ -1,4 +1,4 @@
-"""provisioner/kube.py against the strict fake apiserver (real `kubernetes` client, real HTTP)."""
+"""The provisioner/kube/ package against the strict fake apiserver (real `kubernetes` client, real HTTP)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def _no_client_errors(fake: FakeApiServer) -> None:
 def test_fake_rejects_what_a_real_apiserver_rejects(fake: FakeApiServer, environ: dict[str, str]) -> None:
     api, _ = kube.connect(environ)
     lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l1"},
-             "spec": {"holderIdentity": "a", "leaseDurationSeconds": 3, "renewTime": kube._micro_time()}}
+             "spec": {"holderIdentity": "a", "leaseDurationSeconds": 3, "renewTime": kube.micro_time()}}
     path = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
     created = api.request("POST", path, lease)
     with pytest.raises(kube.KubeApiError) as e:
@@ -323,7 +323,7 @@ def test_stale_lease_from_long_ago_is_taken_at_once(fake: FakeApiServer, environ
     api.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases", {
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name},
         "spec": {"holderIdentity": "dead/000", "leaseDurationSeconds": 5,
-                 "renewTime": kube._micro_time(time.time() - 3600)}})
+                 "renewTime": kube.micro_time(time.time() - 3600)}})
     b = _coordinator(environ, state, "pod-b", duration=5)
     t0 = time.monotonic()
     with b.hold(key=KEY, tracker=_tracker(), stop=_deadline_stop()):
@@ -347,7 +347,7 @@ def test_conflicting_takeover_rereads_and_waits(fake: FakeApiServer, environ: di
             raced.append(1)
             current = api.request("GET", f"{path}/{name}")
             current["spec"] = {"holderIdentity": "pod-c/c", "leaseDurationSeconds": 30,
-                               "renewTime": kube._micro_time(), "leaseTransitions": 1}
+                               "renewTime": kube.micro_time(), "leaseTransitions": 1}
             api.request("PUT", f"{path}/{name}", current)
         return real_request(method, p, body, **kw)
 
