@@ -63,11 +63,15 @@ def setup(config: Config, *, tracker: Tracker, target: Path,
 
     Returns None when kube is off (or auto and not in a pod / no KUBECONFIG), or when the client
     cannot be configured at all (one warning). Otherwise a `KubeFeatures`; failing parts are off.
+    With `events` off no Event is ever attempted. The pod is read (for the uid Events carry, and as
+    an early reachability check) only when Events are on and `POD_UID` is not set; otherwise each
+    feature finds an unusable API on its own first call and warns once.
     """
     environ = os.environ if environ is None else environ
     if not wanted(config, environ):
         return None
     want_lease = config.coordination in ("auto", "lease")
+    want_events = config.events != "off"
     state_dir = Path(target) / ".provisioner"
     try:
         api, kubeconfig_ns = connect(environ)
@@ -77,21 +81,24 @@ def setup(config: Config, *, tracker: Tracker, target: Path,
         return None
     pod = pod_identity(environ, kubeconfig_ns)
     identity = f"{pod.name}/{secrets.token_hex(3)}"
-    try:
-        pod_obj = api.request("GET", pod.path)
-        pod.uid = (pod_obj.get("metadata") or {}).get("uid") or None
-    except KubeApiError as exc:
-        if exc.status == 0 or exc.status == 401:
-            log.warning("kubernetes API features off: %s at %s%s", exc, api.host,
-                        "; using the file lock on the volume" if want_lease else "")
-            api.close()
-            fallback = FileLock(state_dir, identity=identity) if want_lease else None
-            return KubeFeatures(pod=pod, api=None, reporter=None, coordinator=fallback)
-        # 403/404: Events still work without the pod's uid (RBAC `get pods` is optional)
-        log.info("cannot read pod %s/%s (%s); Events will not carry its uid", pod.namespace, pod.name, exc)
-    reporter = Reporter(api, pod, repo_id=config.repo_id, events=True,
-                        condition_type=config.readiness_condition)
-    tracker.subscribe(reporter.on_tracker_event)
+    if want_events and pod.uid is None:  # the uid is only for Events; POD_UID (downward API) spares this GET
+        try:
+            pod_obj = api.request("GET", pod.path)
+            pod.uid = (pod_obj.get("metadata") or {}).get("uid") or None
+        except KubeApiError as exc:
+            if exc.status == 0 or exc.status == 401:
+                log.warning("kubernetes API features off: %s at %s%s", exc, api.host,
+                            "; using the file lock on the volume" if want_lease else "")
+                api.close()
+                fallback = FileLock(state_dir, identity=identity) if want_lease else None
+                return KubeFeatures(pod=pod, api=None, reporter=None, coordinator=fallback)
+            # 403/404: Events still work without the pod's uid (RBAC `get pods` is optional)
+            log.info("cannot read pod %s/%s (%s); Events will not carry its uid", pod.namespace, pod.name, exc)
+    reporter: Reporter | None = None
+    if want_events or config.readiness_condition:
+        reporter = Reporter(api, pod, repo_id=config.repo_id, events=want_events,
+                            condition_type=config.readiness_condition)
+        tracker.subscribe(reporter.on_tracker_event)
     coordinator: Coordinator | None = None
     if want_lease:
         file_lock = FileLock(state_dir, identity=identity)

@@ -177,4 +177,5 @@ def pod_identity(environ: Mapping[str, str], kubeconfig_namespace: str | None = 
         with contextlib.suppress(OSError):  # not in a pod: use the kubeconfig's namespace
             namespace = (SA_DIR / "namespace").read_text(encoding="utf-8").strip()
     return PodIdentity(name=name, namespace=namespace or kubeconfig_namespace or "default",
+                       uid=environ.get("POD_UID") or None,  # downward API metadata.uid: no `get pods` needed
                        node=environ.get("NODE_NAME") or None)
