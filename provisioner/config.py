@@ -240,6 +240,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kube", "kube", _choice("kube", ("auto", "on", "off")), "auto",
             "Kubernetes API features (Events, Lease, pod condition). `auto`: on when a service account token is mounted.",
             choices=("auto", "on", "off")),
+    Setting("events", "events", _choice("events", ("auto", "on", "off")), "auto",
+            "Kubernetes Events on the pod. `auto`/`on`: posted whenever the Kubernetes API features are on (`--kube`); "
+            "`off`: never (e.g. a Lease-only setup without RBAC for events).",
+            choices=("auto", "on", "off")),
     Setting("coordination", "coordination", _choice("coordination", ("auto", "lease", "file", "none")), "auto",
             "How replicas sharing a volume download once: a Lease (kube on), else a file lock on the volume.",
             choices=("auto", "lease", "file", "none")),
@@ -284,6 +288,7 @@ class Config:
     log_level: str = "info"
     progress_interval: float = 10.0
     kube: str = "auto"
+    events: str = "auto"
     coordination: str = "auto"
     lease_duration: float = 30.0
     readiness_condition: str = ""

@@ -2,7 +2,7 @@
 
 The default is an flock on `<target>/.provisioner/lock`. flock is reliable on local disks and on
 NFSv4 with lock support; some NFS/SMB mounts accept flock calls without enforcing them across
-nodes — use the Kubernetes Lease (kube.py) for volumes shared between nodes.
+nodes — use the Kubernetes Lease (provisioner/kube/lease.py) for volumes shared between nodes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A strict, in-process fake of the few kube-apiserver endpoints that provisioner/kube.py uses.
+"""A strict, in-process fake of the few kube-apiserver endpoints that the provisioner/kube/ package uses.
 
 Real HTTP on 127.0.0.1 so the real `kubernetes` client talks to it through a kubeconfig.
 

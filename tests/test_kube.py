@@ -1,4 +1,4 @@
-"""provisioner/kube.py against the strict fake apiserver (real `kubernetes` client, real HTTP)."""
+"""The provisioner/kube/ package against the strict fake apiserver (real `kubernetes` client, real HTTP)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def _no_client_errors(fake: FakeApiServer) -> None:
 def test_fake_rejects_what_a_real_apiserver_rejects(fake: FakeApiServer, environ: dict[str, str]) -> None:
     api, _ = kube.connect(environ)
     lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l1"},
-             "spec": {"holderIdentity": "a", "leaseDurationSeconds": 3, "renewTime": kube._micro_time()}}
+             "spec": {"holderIdentity": "a", "leaseDurationSeconds": 3, "renewTime": kube.micro_time()}}
     path = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
     created = api.request("POST", path, lease)
     with pytest.raises(kube.KubeApiError) as e:
@@ -323,7 +323,7 @@ def test_stale_lease_from_long_ago_is_taken_at_once(fake: FakeApiServer, environ
     api.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases", {
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name},
         "spec": {"holderIdentity": "dead/000", "leaseDurationSeconds": 5,
-                 "renewTime": kube._micro_time(time.time() - 3600)}})
+                 "renewTime": kube.micro_time(time.time() - 3600)}})
     b = _coordinator(environ, state, "pod-b", duration=5)
     t0 = time.monotonic()
     with b.hold(key=KEY, tracker=_tracker(), stop=_deadline_stop()):
@@ -347,7 +347,7 @@ def test_conflicting_takeover_rereads_and_waits(fake: FakeApiServer, environ: di
             raced.append(1)
             current = api.request("GET", f"{path}/{name}")
             current["spec"] = {"holderIdentity": "pod-c/c", "leaseDurationSeconds": 30,
-                               "renewTime": kube._micro_time(), "leaseTransitions": 1}
+                               "renewTime": kube.micro_time(), "leaseTransitions": 1}
             api.request("PUT", f"{path}/{name}", current)
         return real_request(method, p, body, **kw)
 
@@ -554,3 +554,74 @@ def test_no_secret_reaches_the_api(fake: FakeApiServer, environ: dict[str, str],
     assert len(fake.requests_for("POST", "/events")) >= 3
     assert canary.encode() not in bodies and b"s3cr3t" not in bodies
     assert b"hf_<redacted>" in bodies or b"<redacted>" in bodies
+
+
+# ---- --events and POD_UID (issue 10, issue 12 item 7) ----------------------------------------------
+def _drive(tracker: Tracker) -> None:
+    """Everything that would post an Event: plan, download start, retries, a stall, waiting, ready."""
+    tracker.set_plan(_plan())
+    tracker.set_phase(Phase.DOWNLOADING)
+    for i in range(3):
+        tracker.retry(reason=f"r{i}", path=None, delay=0.0, message="x")
+    tracker.stall(path="model.safetensors")
+    tracker.waiting(holder="replica-9/abcdef")
+    tracker.mark_ready()
+
+
+def _event_requests(fake: FakeApiServer) -> list[tuple[str, str]]:
+    with fake.lock:
+        return [(r.method, r.path) for r in fake.requests if "/events" in r.path]
+
+
+def test_events_off_never_attempts_an_event(fake: FakeApiServer, environ: dict[str, str], tmp_path: Path) -> None:
+    cond = "example.com/model-ready"
+    tracker = _tracker()
+    features = _features(environ, tmp_path, tracker, events="off", readiness_condition=cond)
+    assert not features.events and features.condition
+    assert isinstance(features.coordinator, kube.LeaseCoordinator)
+    with features.coordinator.hold(key=KEY, tracker=tracker, stop=threading.Event()):
+        _drive(tracker)
+    features.close()
+    assert _event_requests(fake) == []
+    assert not fake.requests_for("GET", f"/pods/{POD}")  # the uid is only for Events: not read
+    # the condition is independent of --events
+    assert any(c["type"] == cond for c in fake.pods[(NS, POD)]["status"]["conditions"])
+    _no_client_errors(fake)
+
+
+def test_pod_uid_from_the_downward_api(fake: FakeApiServer, environ: dict[str, str], tmp_path: Path,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    fake.deny("get", "pods")  # the Role need not grant `get pods` when POD_UID is set
+    uid = "0f5b2c1e-7d4a-4e0b-9c39-2b1f6a8d4e11"
+    tracker = _tracker()
+    with caplog.at_level(logging.INFO, logger="provisioner.kube"):
+        features = _features({**environ, "POD_UID": uid}, tmp_path, tracker)
+        _drive(tracker)
+        features.close()
+    posts = fake.requests_for("POST", "/events")
+    assert len(posts) >= 3
+    assert all(r.json["involvedObject"]["uid"] == uid for r in posts)
+    assert all(e["involvedObject"]["uid"] == uid for e in _events(fake))
+    assert not fake.requests_for("GET", f"/pods/{POD}")
+    assert "cannot read pod" not in caplog.text
+    _no_client_errors(fake)
+
+
+def test_lease_only_posts_no_event_and_logs_no_warning(fake: FakeApiServer, environ: dict[str, str],
+                                                       tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # what a Lease-only Role grants: leases get/create/update, nothing on events or pods
+    fake.deny("*", "events")
+    fake.deny("*", "pods")
+    fake.deny("*", "pods/status")
+    tracker = _tracker()
+    with caplog.at_level(logging.INFO, logger="provisioner.kube"):
+        features = _features(environ, tmp_path, tracker, events="off", coordination="lease")
+        assert isinstance(features.coordinator, kube.LeaseCoordinator)
+        with features.coordinator.hold(key=KEY, tracker=tracker, stop=threading.Event()):
+            _drive(tracker)
+        features.close()
+    assert _event_requests(fake) == []
+    assert {r.path.split("/")[2] for r in fake.requests} == {"coordination.k8s.io"}  # Leases only
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "403" not in caplog.text
+    _no_client_errors(fake)
