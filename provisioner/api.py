@@ -373,7 +373,7 @@ class _Run:
     def _smoke_test(self) -> None:
         if self.config.verify != "full":
             return
-        from .smoke import is_sentence_transformers_dir, run_smoke_test
+        from .verify import is_sentence_transformers_dir, run_smoke_test
 
         if not is_sentence_transformers_dir(self.target):
             self.verification["embedding"] = {"ok": None, "detail": "not a sentence-transformers model: skipped"}

@@ -238,7 +238,7 @@ def _verify(ns: argparse.Namespace) -> int:
     report: dict[str, Any] = {"files": len(m.get("files", [])), "failures": failures,
                               "checksum_seconds": round(time.monotonic() - t0, 3)}
     if not failures and cfg.verify == "full":
-        from .smoke import is_sentence_transformers_dir, run_smoke_test
+        from .verify import is_sentence_transformers_dir, run_smoke_test
 
         if is_sentence_transformers_dir(target):
             ref = Path(cfg.reference_embeddings) if cfg.reference_embeddings else None
