@@ -38,7 +38,14 @@ from .manifest import FileEntry, Plan
 from .progress import Event, Phase, Tracker
 from .redact import redact, register_secret
 from .retry import RetryBudget
-from .verify import hash_file, matches, mismatch_detail, wanted_digests
+from .verify import (
+    check_smoke_dependencies,
+    hash_file,
+    matches,
+    mismatch_detail,
+    needs_smoke_test,
+    wanted_digests,
+)
 
 log = logging.getLogger("provisioner")
 
@@ -134,6 +141,8 @@ class _Run:
 
         plan = build_plan(cfg, budget=self.budget, tracker=self.tracker, stop=self.stop)
         self._check_stop()
+        if cfg.verify == "full" and needs_smoke_test(f.path for f in plan.files):
+            check_smoke_dependencies()  # a missing `embed` extra is a config error, found before any byte is fetched
         coordinator = self._coordinator()
         with coordinator.hold(key=f"{plan.repo_id}@{plan.commit}", tracker=self.tracker, stop=self.stop):
             waited_for = self.tracker.waiting_for

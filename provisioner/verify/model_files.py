@@ -1,13 +1,15 @@
 """What a sentence-transformers model declares in its files: is it one, which dimension, does it normalize.
 
-Shared by the parent side (should the smoke test run?) and the child side (the dimension
-cross-check). Imports only the standard library, so the child can use it without
+Shared by the parent side (should the smoke test run? `is_sentence_transformers_dir` on disk,
+`needs_smoke_test` on the plan's file list before anything is fetched) and the child side (the
+dimension cross-check). Imports only the standard library, so the child can use it without
 loading any of the pipeline.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,11 @@ def is_sentence_transformers_dir(path: Path) -> bool:
     """A sentence-transformers model directory (modules.json or config_sentence_transformers.json)."""
     path = Path(path)
     return any((path / name).is_file() for name in ST_MARKER_FILES)
+
+
+def needs_smoke_test(file_paths: Iterable[str]) -> bool:
+    """Will these repo paths make a sentence-transformers model (the on-disk rule, applied to a plan)?"""
+    return any(p in ST_MARKER_FILES for p in file_paths)
 
 
 def read_json(path: Path) -> Any:

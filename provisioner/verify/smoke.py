@@ -6,12 +6,16 @@ import, and a provisioner that stays on as a sidecar must not keep them. The chi
 one JSON line on stdout (its report) and exits 0 on pass, 1 on fail; a child that crashes, hangs or
 prints garbage becomes a failed `SmokeResult` with a one-line `detail`, never a traceback here.
 
-Imports the standard library, `context` (stop handling), `model_files` and `smoke_child` (for its
-module name and `one_line`; it imports numpy/torch only inside its functions), never torch.
+`check_smoke_dependencies` is the preflight: run after planning, before fetching, it turns a
+missing `embed` extra into a ConfigError (exit 2) instead of a failed test after the download.
+
+Imports the standard library, `context` (stop handling), `errors`, `model_files` and `smoke_child`
+(for its module name and `one_line`; it imports numpy/torch only inside its functions), never torch.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -27,11 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from ..context import interrupted
+from ..errors import ConfigError
 from . import smoke_child
 from .model_files import is_sentence_transformers_dir
 from .smoke_child import one_line
 
 DEFAULT_TIMEOUT = 600.0
+# What the child imports; the `embed` extra (and the full image) installs them.
+SMOKE_PACKAGES: tuple[str, ...] = ("sentence_transformers", "numpy", "torch")
 
 # Environment of the child: no network, no telemetry, and every cache/temp path in a private temp dir
 # so that a readOnlyRootFilesystem container works.
@@ -65,6 +72,27 @@ class SmokeResult:
         d = asdict(self)
         d["norms"] = list(self.norms) if self.norms is not None else None
         return d
+
+
+def check_smoke_dependencies() -> None:
+    """Raise ConfigError (one line) when a package the smoke test needs is not installed.
+
+    Cheap: `find_spec` only looks for the packages, it imports none of them. Called after planning
+    and before fetching, so a slim install with `--verify full` fails in seconds, not after the download.
+    """
+    missing = []
+    for name in SMOKE_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ImportError:  # a finder refused the name: it cannot be imported either
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise ConfigError(
+            f"--verify full runs the embedding smoke test, which needs {', '.join(missing)} (not installed here): "
+            "use the full image (EMBED=1, the default build) or pip install 'model-provisioner[embed]', "
+            "or set --verify checksums (PROVISIONER_VERIFY=checksums)", setting="verify")
 
 
 def _failed(detail: str, seconds: float) -> SmokeResult:
