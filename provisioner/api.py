@@ -33,6 +33,7 @@ from .manifest import Plan
 from .progress import Event, Phase, Tracker
 from .redact import redact, register_secret
 from .retry import RetryBudget
+from .verify import check_smoke_dependencies, needs_smoke_test
 
 log = logging.getLogger("provisioner")
 
@@ -98,7 +99,7 @@ def _setup_kube(ctx: RunContext) -> Any:
 def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], int] | None = None) -> ProvisionResult:
     """The pipeline. Raises a `ProvisionerError` subclass on failure; reports nothing terminal itself."""
     from .plan import build_plan
-    from .verify_policy import fetch_and_verify
+    from .verify.policy import fetch_and_verify
 
     cfg, tracker = ctx.config, ctx.tracker
     target = Path(cfg.target)
@@ -112,6 +113,8 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
     tracker.set_phase(Phase.PLANNING)
     plan = build_plan(cfg, budget=ctx.budget, tracker=tracker, stop=ctx.stop)
     ctx.check_stop()
+    if cfg.verify == "full" and needs_smoke_test(f.path for f in plan.files):
+        check_smoke_dependencies()  # a missing `embed` extra is a config error, found before any byte is fetched
     lock = _coordinator(cfg, kube=kube, target=target)
     with lock.hold(key=f"{plan.repo_id}@{plan.commit}", tracker=tracker, stop=ctx.stop):
         waited_for = tracker.waiting_for
@@ -182,7 +185,7 @@ def _smoke_test(ctx: RunContext, *, target: Path) -> dict[str, Any] | None:
     """The embedding smoke test's JSON for the marker (None when --verify is not `full`)."""
     if ctx.config.verify != "full":
         return None
-    from .smoke import is_sentence_transformers_dir, run_smoke_test
+    from .verify import is_sentence_transformers_dir, run_smoke_test
 
     if not is_sentence_transformers_dir(target):
         return {"ok": None, "detail": "not a sentence-transformers model: skipped"}

@@ -214,7 +214,13 @@ def _verify(ns: argparse.Namespace) -> int:
     `run` repairs. With --verify full, also run the embedding smoke test."""
     from . import marker
     from .manifest import FileEntry
-    from .verify import hash_file, matches, mismatch_detail
+    from .verify import (
+        check_smoke_dependencies,
+        hash_file,
+        is_sentence_transformers_dir,
+        matches,
+        mismatch_detail,
+    )
 
     cfg = _settings(ns)
     target = Path(ns.dir)
@@ -222,6 +228,8 @@ def _verify(ns: argparse.Namespace) -> int:
     if m is None:
         print(f"model-provisioner: not ready: no ready marker in {target}", file=sys.stderr)
         return int(ExitCode.NOT_READY)
+    if cfg.verify == "full" and is_sentence_transformers_dir(target):
+        check_smoke_dependencies()  # before the re-hash: a missing `embed` extra is a config error (exit 2)
     t0 = time.monotonic()
     failures = []
     for f in m.get("files", []):
@@ -238,7 +246,7 @@ def _verify(ns: argparse.Namespace) -> int:
     report: dict[str, Any] = {"files": len(m.get("files", [])), "failures": failures,
                               "checksum_seconds": round(time.monotonic() - t0, 3)}
     if not failures and cfg.verify == "full":
-        from .smoke import is_sentence_transformers_dir, run_smoke_test
+        from .verify import run_smoke_test
 
         if is_sentence_transformers_dir(target):
             ref = Path(cfg.reference_embeddings) if cfg.reference_embeddings else None

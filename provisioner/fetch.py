@@ -62,7 +62,7 @@ from .manifest import FileEntry, Plan
 from .progress import Tracker
 from .redact import redact, strip_query
 from .retry import RetryBudget, parse_retry_after
-from .verify import Digests, wanted_digests
+from .verify.checksums import Digests, wanted_digests
 
 __all__ = [
     "FetchedFile",

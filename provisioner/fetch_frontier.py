@@ -18,7 +18,7 @@ import threading
 
 from .errors import LocalIOError
 from .fetch_journal import Journal
-from .verify import Digests, Hasher
+from .verify.checksums import Digests, Hasher
 
 READ_CHUNK = 1 << 20
 _WAKE_SECONDS = 1.0  # re-check period of the hasher thread; notify() normally wakes it at once

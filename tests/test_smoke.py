@@ -1,4 +1,4 @@
-"""The embedding smoke test (provisioner/smoke.py) against the real all-MiniLM-L6-v2 model.
+"""The embedding smoke test (provisioner/verify/smoke.py + smoke_child.py) against the real all-MiniLM-L6-v2 model.
 
 Heavy scenarios (each a child process that imports torch, ~6-10 s) run once per module, two at a
 time, in the `heavy` fixture; the individual tests only assert on their results.
@@ -20,14 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from provisioner import smoke
 from provisioner.errors import Interrupted
-from provisioner.smoke import (
-    SmokeResult,
-    expected_dim_from_disk,
-    is_sentence_transformers_dir,
-    run_smoke_test,
-)
+from provisioner.verify import model_files, smoke, smoke_child
+from provisioner.verify.model_files import expected_dim_from_disk, is_sentence_transformers_dir
+from provisioner.verify.smoke import SmokeResult, run_smoke_test
 
 ROOT = Path(__file__).resolve().parent.parent
 MEASURED_PARAPHRASE = 0.755
@@ -105,7 +101,7 @@ def scenarios(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def reference_file(scenarios: dict[str, Path]) -> Path:
     """A reference file written by the real model (the `--write-reference` mode of the child)."""
     out = scenarios["base"] / "reference.json"
-    proc = subprocess.run([sys.executable, "-m", "provisioner.smoke", str(scenarios["real"]),
+    proc = subprocess.run([sys.executable, "-m", "provisioner.verify.smoke_child", str(scenarios["real"]),
                            "--write-reference", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
@@ -170,7 +166,7 @@ def test_shuffled_word_embeddings_fail_the_semantic_check(heavy: dict[str, Futur
     assert r.dim == 384  # shape and norms are fine: only the meaning is gone
     assert r.norms is not None and r.norms[0] == pytest.approx(1.0, abs=1e-3)
     assert r.margin is not None and r.paraphrase_cosine is not None
-    assert r.margin < smoke.MIN_MARGIN or r.paraphrase_cosine < smoke.MIN_PARAPHRASE_COSINE
+    assert r.margin < smoke_child.MIN_MARGIN or r.paraphrase_cosine < smoke_child.MIN_PARAPHRASE_COSINE
     assert "margin" in r.detail or "paraphrase cosine" in r.detail
 
 
@@ -276,10 +272,21 @@ def test_missing_reference_file_fails(real_model_dir: Path, tmp_path: Path) -> N
 
 
 def test_inspection_does_not_import_torch(real_model_dir: Path) -> None:
-    code = ("import sys; from provisioner.smoke import is_sentence_transformers_dir, expected_dim_from_disk; "
+    code = ("import sys; import provisioner.verify.smoke; "
+            "from provisioner.verify import is_sentence_transformers_dir, expected_dim_from_disk; "
             f"assert is_sentence_transformers_dir({str(real_model_dir)!r}); "
             f"assert expected_dim_from_disk({str(real_model_dir)!r}) == (384, []); "
             "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_child_module_loads_neither_torch_nor_the_pipeline() -> None:
+    """`python -m provisioner.verify.smoke_child` imports numpy/torch only inside its functions and
+    none of the parent side (the run context, config, fetch code)."""
+    code = ("import sys, provisioner.verify.smoke_child; "
+            "heavy = [m for m in ('torch', 'numpy', 'sentence_transformers', 'provisioner.verify.smoke', "
+            "'provisioner.context', 'provisioner.config', 'provisioner.fetch') if m in sys.modules]; "
+            "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -313,7 +320,7 @@ def test_disk_dim_dense_and_truncate(tmp_path: Path) -> None:
                     "2_Dense/config.json": {"in_features": 768, "out_features": 512},
                     "config_sentence_transformers.json": {"truncate_dim": 256}})
     assert expected_dim_from_disk(tmp_path) == (256, [])
-    assert smoke.has_normalize_module(tmp_path)
+    assert model_files.has_normalize_module(tmp_path)
 
 
 def test_disk_dim_reports_inconsistencies(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 The native engine feeds `Hasher` while bytes stream in; `hash_file` re-hashes from disk for
 `verify DIR`, `--reverify` and files found complete on disk without a marker.
+Imports only the standard library and `manifest` (the fetch stage uses these primitives too).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import FileEntry
+from ..manifest import FileEntry
 
 READ_CHUNK = 4 << 20
 

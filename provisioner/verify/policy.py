@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import marker, place
-from .context import RunContext
-from .errors import VerificationError
-from .manifest import FileEntry, Plan
-from .progress import Phase
-from .verify import hash_file, matches, mismatch_detail, wanted_digests
+from .. import marker, place
+from ..context import RunContext
+from ..errors import VerificationError
+from ..manifest import FileEntry, Plan
+from ..progress import Phase
+from .checksums import hash_file, matches, mismatch_detail, wanted_digests
 
 log = logging.getLogger("provisioner")
 
@@ -49,8 +49,8 @@ def _wanted(entry: FileEntry) -> dict[str, bool]:
 def fetch_and_verify(ctx: RunContext, plan: Plan, *, target: Path,
                      free_space: Callable[[Path], int] | None = None) -> ChecksumOutcome:
     """Every planned file ends at its final path with the plan's digest, or this raises."""
-    from .fetch import prune_partials
-    from .plan import check_disk_space, free_bytes
+    from ..fetch import prune_partials
+    from ..plan import check_disk_space, free_bytes
 
     cfg, tracker = ctx.config, ctx.tracker
     state_dir = marker.state_dir(target)
@@ -96,7 +96,7 @@ def fetch_and_verify(ctx: RunContext, plan: Plan, *, target: Path,
 def _files_to_fetch(ctx: RunContext, plan: Plan, *, target: Path) -> tuple[list[FileEntry], dict[str, int]]:
     """Files already complete at their final path (a crash after the last byte, an unchanged file
     across commits, or --reverify) are re-hashed and kept; the rest are fetched, resuming partials."""
-    from .fetch import partial_bytes_on_disk
+    from ..fetch import partial_bytes_on_disk
 
     state_dir = marker.state_dir(target)
     todo: list[FileEntry] = []
@@ -116,7 +116,7 @@ def _files_to_fetch(ctx: RunContext, plan: Plan, *, target: Path) -> tuple[list[
 
 def _fetch_native(ctx: RunContext, plan: Plan, todo: list[FileEntry], *, target: Path) -> tuple[list[Mismatch], float]:
     """One round of the native engine: the digests come from the download stream; a match is placed."""
-    from .fetch import clear_journal, discard_partial, fetch_files
+    from ..fetch import clear_journal, discard_partial, fetch_files
 
     state_dir = marker.state_dir(target)
     fetched = fetch_files(plan, todo, config=ctx.config, state_dir=state_dir, tracker=ctx.tracker,
@@ -137,7 +137,7 @@ def _fetch_native(ctx: RunContext, plan: Plan, todo: list[FileEntry], *, target:
 
 def _fetch_hub(ctx: RunContext, plan: Plan, todo: list[FileEntry], *, target: Path) -> tuple[list[Mismatch], float]:
     """One round of huggingface_hub's snapshot_download: it writes final paths itself, so hash them after."""
-    from .hubengine import fetch_with_hub
+    from ..hubengine import fetch_with_hub
 
     for entry in todo:
         place.safe_final_path(target, entry)
