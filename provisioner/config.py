@@ -299,10 +299,6 @@ class Config:
     def commit_pinned(self) -> bool:
         return bool(_COMMIT_RE.match(self.revision))
 
-    @property
-    def target_path(self) -> Path:
-        return Path(self.target)
-
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log or show in /status (no token)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "token"}

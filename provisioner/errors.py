@@ -119,14 +119,6 @@ class BadRemoteError(ProvisionerError):
         self.detail = detail
 
 
-class NotReadyError(ProvisionerError):
-    exit_code = ExitCode.NOT_READY
-
-    def __init__(self, message: str, *, target: str) -> None:
-        super().__init__(message)
-        self.target = target
-
-
 class Interrupted(ProvisionerError):
     """SIGTERM/SIGINT arrived: work stopped at a safe point, partial data flushed."""
 
