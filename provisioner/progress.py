@@ -32,12 +32,26 @@ class Phase(StrEnum):
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
 
 
+class EventKind(StrEnum):
+    """What a Tracker event reports. A StrEnum: logs and Events print the plain string."""
+
+    PHASE = "phase"
+    PLAN = "plan"
+    FILE_STARTED = "file_started"
+    FILE_DONE = "file_done"
+    RETRY = "retry"
+    STALL = "stall"
+    WAITING = "waiting"
+    VERIFIED = "verified"  # kind=checksums|embedding (the smoke test reports here)
+    READY = "ready"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class Event:
-    """A discrete happening. `kind` is one of: phase, plan, file_started, file_done, retry, stall,
-    verified, smoke_test, waiting, ready, failed. `data` holds plain JSON-able values."""
+    """A discrete happening; `data` holds plain JSON-able values."""
 
-    kind: str
+    kind: EventKind
     time: float
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -85,7 +99,7 @@ class Tracker:
         with self._lock:
             self._listeners.append(listener)
 
-    def _emit(self, kind: str, /, **data: Any) -> None:
+    def _emit(self, kind: EventKind, /, **data: Any) -> None:
         event = Event(kind=kind, time=time.time(), data=data)
         with self._lock:
             listeners = list(self._listeners)
@@ -104,7 +118,7 @@ class Tracker:
             self.phase_since = time.time()
             if phase not in (Phase.WAITING,):
                 self.waiting_for = None
-        self._emit("phase", phase=phase.value)
+        self._emit(EventKind.PHASE, phase=phase.value)
 
     def set_plan(self, plan: Plan, *, on_disk: dict[str, int] | None = None) -> None:
         """`on_disk`: bytes already present per path (complete files or resumable partials)."""
@@ -114,7 +128,7 @@ class Tracker:
             self.files = {f.path: FileProgress(f.path, f.size, min(on_disk.get(f.path, 0), f.size)) for f in plan.files}
             self.bytes_total = plan.total_bytes
             self.bytes_on_disk = sum(fp.done for fp in self.files.values())
-        self._emit("plan", commit=plan.commit, files=len(plan.files), bytes_total=plan.total_bytes,
+        self._emit(EventKind.PLAN, commit=plan.commit, files=len(plan.files), bytes_total=plan.total_bytes,
                    bytes_on_disk=self.bytes_on_disk)
 
     def file_started(self, path: str, *, offset: int) -> None:
@@ -125,7 +139,7 @@ class Tracker:
                 self.bytes_on_disk += offset - fp.done
                 fp.done = offset
                 fp.state = "downloading"
-        self._emit("file_started", path=path, offset=offset)
+        self._emit(EventKind.FILE_STARTED, path=path, offset=offset)
 
     def add_bytes(self, path: str, n: int) -> None:
         """`n` bytes of `path` arrived from the network and were written."""
@@ -160,25 +174,25 @@ class Tracker:
                 self.bytes_on_disk += fp.size - fp.done
                 fp.done = fp.size
                 fp.state = "skipped" if skipped else "done"
-        self._emit("file_done", path=path, skipped=skipped)
+        self._emit(EventKind.FILE_DONE, path=path, skipped=skipped)
 
     def retry(self, *, reason: str, path: str | None, delay: float, message: str) -> None:
         """A retry is scheduled. `reason` is a low-cardinality label; `message` must be redacted."""
         with self._lock:
             self.retries[reason] = self.retries.get(reason, 0) + 1
             self.last_error = message
-        self._emit("retry", reason=reason, path=path, delay=round(delay, 3), message=message)
+        self._emit(EventKind.RETRY, reason=reason, path=path, delay=round(delay, 3), message=message)
 
     def stall(self, *, path: str | None) -> None:
         with self._lock:
             self.stalls += 1
-        self._emit("stall", path=path)
+        self._emit(EventKind.STALL, path=path)
 
     def waiting(self, *, holder: str) -> None:
         with self._lock:
             self.waiting_for = holder
         self.set_phase(Phase.WAITING)
-        self._emit("waiting", holder=holder)
+        self._emit(EventKind.WAITING, holder=holder)
 
     def verification(self, *, kind: str, seconds: float, ok: bool, detail: str | None = None) -> None:
         """kind: `checksums` or `embedding`."""
@@ -187,21 +201,21 @@ class Tracker:
             self.verify_ok[kind] = ok
             if kind == "embedding":
                 self.smoke = {"ok": ok, "detail": detail}
-        self._emit("verified", kind=kind, seconds=round(seconds, 3), ok=ok, detail=detail)
+        self._emit(EventKind.VERIFIED, kind=kind, seconds=round(seconds, 3), ok=ok, detail=detail)
 
     def mark_ready(self) -> None:
         with self._lock:
             self.ready = True
             self.last_success_time = time.time()
         self.set_phase(Phase.READY)
-        self._emit("ready", repo_id=self.repo_id, commit=self.commit)
+        self._emit(EventKind.READY, repo_id=self.repo_id, commit=self.commit)
 
     def mark_failed(self, *, message: str, exit_code: int) -> None:
         with self._lock:
             self.ready = False
             self.last_error = message
         self.set_phase(Phase.FAILED)
-        self._emit("failed", message=message, exit_code=exit_code)
+        self._emit(EventKind.FAILED, message=message, exit_code=exit_code)
 
     # ---- readers --------------------------------------------------------------------------
     def speed(self) -> float:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..progress import Event
+from ..progress import Event, EventKind
 from .client import COMPONENT, KubeApi, KubeApiError, PodIdentity, clean, log, second_time
 
 EVENT_QUEUE_SIZE = 256
@@ -99,37 +99,37 @@ class Reporter:
             return  # Tracker has no unsubscribe: ignore everything after close()
         d = event.data
         kind = event.kind
-        if kind == "phase" and d.get("phase") == "downloading" and not self._started_download:
+        if kind == EventKind.PHASE and d.get("phase") == "downloading" and not self._started_download:
             self._started_download = True
             plan = self._plan
             detail = (f"@{plan.get('commit')}: {plan.get('files')} files, {plan.get('bytes_total')} bytes "
                       f"({plan.get('bytes_on_disk')} already on the volume)") if plan else ""
             self.event("DownloadStarted", f"downloading {self.repo_id}{detail}", key="start")
-        elif kind == "plan":
+        elif kind == EventKind.PLAN:
             self._plan = dict(d)
-        elif kind == "retry":
+        elif kind == EventKind.RETRY:
             reason = str(d.get("reason") or "unknown")
             path = f" {d['path']}" if d.get("path") else ""
             self.event("Retrying", f"retrying{path} ({reason}) in {d.get('delay', 0)}s: {d.get('message', '')}",
                        type_="Warning", key=reason)
-        elif kind == "stall":
+        elif kind == EventKind.STALL:
             path = f" on {d['path']}" if d.get("path") else ""
             self.event("Stalled", f"no bytes received{path}; reconnecting", type_="Warning", key="stall")
-        elif kind == "waiting":
+        elif kind == EventKind.WAITING:
             self.event("Waiting", f"waiting for {d.get('holder')} to download {self.repo_id}",
                        key=str(d.get("holder")))
-        elif kind == "verified":
+        elif kind == EventKind.VERIFIED:
             what = str(d.get("kind"))
             if d.get("ok"):
                 self.event("Verified", f"{what} verified in {d.get('seconds')}s", key=what)
             else:
                 detail = f": {d['detail']}" if d.get("detail") else ""
                 self.event("VerificationFailed", f"{what} verification failed{detail}", type_="Warning", key=what)
-        elif kind == "ready":
+        elif kind == EventKind.READY:
             msg = f"{self.repo_id}@{d.get('commit') or '?'} is ready"
             self.event("Ready", msg, key="ready", important=True)
             self.condition(True, msg)
-        elif kind == "failed":
+        elif kind == EventKind.FAILED:
             msg = f"{d.get('message')} (exit code {d.get('exit_code')})"
             self.event("Failed", msg, type_="Warning", key="failed", important=True)
             self.condition(False, msg)
