@@ -1,5 +1,5 @@
-"""Standalone hub: ``python -m hub_emulator --repo ID=DIR [--repo ...] [--port N]`` prints the hub URL
-and serves until SIGINT/SIGTERM. Imports the package's public names only.
+"""Standalone hub: ``python -m hub_emulator --repo ID=DIR [--repo ...] [--port N] [--profile P]`` prints
+the hub URL and serves until SIGINT/SIGTERM. Imports the package's public names only.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from . import HubEmulator
+from . import PROFILES, HubEmulator
 from . import __doc__ as _package_doc
 
 
@@ -25,12 +25,28 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--token", default=None, help="require this bearer token for every repo")
     ap.add_argument("--rate-limit", type=float, default=None, help="global bytes/s")
     ap.add_argument("--page-size", type=int, default=1000)
+    ap.add_argument("--profile", choices=PROFILES, default="hf", help="which hub to emulate (default: hf)")
+    ap.add_argument(
+        "--xet-auth",
+        default="503",
+        metavar="STATUS|unreachable",
+        help="xet profile: what the xet-auth token endpoint answers (default: 503)",
+    )
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    hub = HubEmulator(port=args.port, cdn_port=args.cdn_port, page_size=args.page_size)
+    if args.xet_auth != "unreachable" and not args.xet_auth.isdigit():
+        print(f"--xet-auth expects an HTTP status or 'unreachable', got {args.xet_auth!r}", file=sys.stderr)
+        return 2
+    hub = HubEmulator(
+        port=args.port,
+        cdn_port=args.cdn_port,
+        page_size=args.page_size,
+        profile=args.profile,
+        xet_auth_status=None if args.xet_auth == "unreachable" else int(args.xet_auth),
+    )
     for spec in args.repo:
         repo_id, sep, directory = spec.partition("=")
         if not sep:

@@ -1,18 +1,22 @@
 """The JSON API: repo lookup and authorization (shared with resolve), ``model_info``
-(``/api/models/{repo}[/revision/{rev}]``, ``?blobs=true``) and the paginated tree listing.
+(``/api/models/{repo}[/revision/{rev}]``, ``?blobs=true``), the paginated tree listing, paths-info
+(``POST /api/models/{repo}/paths-info/{rev}``) and the xet profile's token endpoint, each shaped by the
+hub profile.
 
-Imports ``cdn`` (which it subclasses), ``core`` and ``repo``.
+Imports ``cdn`` (which it subclasses), ``core``, ``profiles`` and ``repo``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qs, unquote, urlencode
 
 from .cdn import _HubCdn
 from .core import _Ctx
+from .profiles import file_entry, sibling, xet_hash
 from .repo import _EPOCH, FileInfo, _dir_oid, _Repo
 
 
@@ -65,13 +69,26 @@ class _HubApi(_HubCdn):
         if not segs or segs[0] != "models":
             self._error(ctx, 404, None, "Only model repos are emulated")
             return
-        repo_id, rest = self._find_repo([unquote(s) for s in segs[1:] if s != ""], ("revision", "tree"))
+        repo_id, rest = self._find_repo(
+            [unquote(s) for s in segs[1:] if s != ""], ("revision", "tree", "paths-info", "xet-read-token")
+        )
         repo = self._authorize(ctx, repo_id)
         if repo is None:
             return
         if not rest:
             rest = ["revision", "main"]
-        if rest[0] == "revision" and len(rest) >= 2:
+        if ctx.method == "POST":
+            if rest[0] == "paths-info" and len(rest) == 2:
+                commit = self._commit_for(ctx, repo, rest[1])
+                if commit is not None:
+                    self._paths_info(ctx, repo, commit)
+            else:
+                self._error(ctx, 404, None, "Unknown API route")
+        elif rest[0] == "xet-read-token" and len(rest) == 2 and self.profile == "xet":
+            if self._commit_for(ctx, repo, rest[1]) is not None:
+                status = self.xet_auth_status or 503
+                self._error(ctx, status, None, "Xet storage is not available here (emulated)")
+        elif rest[0] == "revision" and len(rest) >= 2:
             rev = "/".join(rest[1:])
             commit = self._commit_for(ctx, repo, rev)
             if commit is not None:
@@ -88,16 +105,11 @@ class _HubApi(_HubCdn):
     def _model_info(self, repo: _Repo, commit: str, query: dict[str, list[str]]) -> dict[str, Any]:
         with self._lock:
             files = repo.commits[commit]
+        profile = self.profile
+        if profile == "bare":
+            return {"id": repo.repo_id, "sha": commit}
         blobs = _truthy(query.get("blobs"))
-        siblings: list[dict[str, Any]] = []
-        for f in sorted(files.values(), key=lambda f: f.path):
-            s: dict[str, Any] = {"rfilename": f.path}
-            if blobs:
-                s["size"] = f.size
-                s["blobId"] = f.oid
-                if f.lfs:
-                    s["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": len(f.pointer)}
-            siblings.append(s)
+        siblings = [sibling(profile, f, blobs=blobs) for f in sorted(files.values(), key=lambda f: f.path)]
         author = repo.repo_id.split("/")[0] if "/" in repo.repo_id else None
         return {
             "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
@@ -118,6 +130,10 @@ class _HubApi(_HubCdn):
         }
 
     def _tree(self, ctx: _Ctx, repo: _Repo, rev: str, commit: str, sub: str) -> None:
+        profile = self.profile
+        if profile == "mirror":  # such mirrors answer every listing with an empty one
+            self._send_json(ctx, [], commit=commit)
+            return
         with self._lock:
             files = repo.commits[commit]
         recursive = _truthy(ctx.query.get("recursive"))
@@ -144,12 +160,7 @@ class _HubApi(_HubCdn):
             if info is None:
                 entries.append({"type": "directory", "oid": _dir_oid(files, path), "path": path})
             else:
-                e: dict[str, Any] = {"type": "file", "oid": info.oid, "size": info.size, "path": path}
-                if info.lfs:
-                    e["lfs"] = {"oid": info.sha256, "size": info.size, "pointerSize": len(info.pointer)}
-                if expand:
-                    e["lastCommit"] = {"id": commit, "title": "emulated commit", "date": _EPOCH}
-                entries.append(e)
+                entries.append(file_entry(profile, info, commit=commit, expand=expand))
         try:
             cursor = int(ctx.query.get("cursor", ["0"])[0])
         except ValueError:
@@ -162,6 +173,51 @@ class _HubApi(_HubCdn):
             base = ctx.handler.path.split("?", 1)[0]
             headers["Link"] = f'<{self.url}{base}?{urlencode(q)}>; rel="next"'
         self._send_json(ctx, page, commit=commit, headers=headers)
+
+    def _paths_info(self, ctx: _Ctx, repo: _Repo, commit: str) -> None:
+        """``[{type, path, size, oid, lfs?}]`` for the requested ``paths`` (form or JSON body) that exist, in
+        request order; unknown paths are left out, like the real hub."""
+        parsed = _paths_info_request(ctx)
+        if parsed is None:
+            self._error(ctx, 400, None, "expected form or JSON field 'paths' (a list of strings)")
+            return
+        paths, expand = parsed
+        with self._lock:
+            files = repo.commits[commit]
+        entries: list[dict[str, Any]] = []
+        for path in dict.fromkeys(p.strip("/") for p in paths):
+            if path in files:
+                entries.append(file_entry(self.profile, files[path], commit=commit, expand=expand))
+            elif path and any(f.startswith(path + "/") for f in files):
+                entries.append({"type": "directory", "oid": _dir_oid(files, path), "path": path})
+        self._send_json(ctx, entries, commit=commit)
+
+    def _xet_headers(self, repo_id: str, commit: str, info: FileInfo) -> dict[str, str]:
+        """What huggingface.co adds to the resolve of a Xet-backed file: its hash and where to get a token."""
+        origin = self.url if self.xet_auth_status is not None else self._refusing_origin()
+        link = f"{origin}/api/models/{repo_id}/xet-read-token/{commit}"
+        return {"X-Xet-Hash": xet_hash(info), "Link": f'<{link}>; rel="xet-auth"'}
+
+
+def _paths_info_request(ctx: _Ctx) -> tuple[list[str], bool] | None:
+    """(paths, expand) from a paths-info body: a form (what huggingface_hub sends: ``paths`` repeated) or a
+    JSON object; None if malformed."""
+    if "json" in ctx.handler.headers.get("Content-Type", "").lower():
+        try:
+            data = json.loads(ctx.body or b"{}")
+        except ValueError:  # not JSON: the caller answers 400
+            return None
+        if not isinstance(data, dict):
+            return None
+        paths, expand = data.get("paths"), bool(data.get("expand"))
+        if isinstance(paths, str):
+            paths = [paths]
+    else:
+        form = parse_qs(ctx.body.decode("utf-8", "replace"), keep_blank_values=True)
+        paths, expand = form.get("paths", []) + form.get("paths[]", []), _truthy(form.get("expand"))
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        return None
+    return paths, expand
 
 
 def _truthy(values: list[str] | None) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
 from .core import _Ctx
@@ -24,7 +25,9 @@ class _HubCdn(_HubTransport):
             key = self._sign_key
         return hmac.new(key, f"{sha}:{expires}".encode(), hashlib.sha256).hexdigest()
 
-    def _redirect_to_cdn(self, ctx: _Ctx, info: FileInfo, commit: str) -> None:
+    def _redirect_to_cdn(
+        self, ctx: _Ctx, info: FileInfo, commit: str, extra: Mapping[str, str] | None = None
+    ) -> None:
         expires = int(time.time() + self.signed_url_ttl)
         query = urlencode({"Expires": expires, "Signature": self._sign(info.sha256, expires)})
         location = f"{self.cdn_url}/cdn/{info.sha256}/{quote(info.path)}?{query}"
@@ -38,6 +41,7 @@ class _HubCdn(_HubTransport):
                 "X-Linked-Size": str(info.size),
                 "ETag": f'"{info.sha256}"',
                 "Content-Length": "0",
+                **(extra or {}),
             },
         )
 

@@ -3,7 +3,7 @@ locks, repos, blob store, counters, fault knobs and listeners (created once in `
 addresses, connection tracking and the interruptible waits that stalls and rate limits use. ``_Ctx`` is
 the per-request state, ``_Abort`` ends a connection.
 
-Imports ``repo``, ``stats`` and ``faults`` only (plus ``handlers._Server`` for type checking); the
+Imports ``repo``, ``stats``, ``faults`` and ``profiles`` only (plus ``handlers._Server`` for type checking); the
 layers above (``transport`` -> ``cdn`` -> ``api`` -> ``handlers`` -> ``server``) each subclass the one
 below.
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .faults import Faults, _FailRule, _glob
+from .profiles import DEFAULT_PROFILE, check_profile
 from .repo import FileInfo, _Repo
 from .stats import HubStats, RequestRecord
 
@@ -45,6 +46,7 @@ class _Ctx:
     kind: str
     record: RequestRecord | None = None
     file: str | None = None
+    body: bytes = b""  # request body (POST)
 
 
 class _HubCore:
@@ -58,8 +60,14 @@ class _HubCore:
         cdn_port: int = 0,
         page_size: int = 1000,
         signed_url_ttl: float = 3600.0,
+        profile: str = DEFAULT_PROFILE,
+        xet_auth_status: int | None = 503,
     ) -> None:
         self.host = host
+        self.profile = profile  # see profiles.py; switchable at runtime
+        # xet profile: the status the xet-auth (token) endpoint answers; None: its URL refuses connections
+        self.xet_auth_status = xet_auth_status
+        self._refusing: socket.socket | None = None  # bound, never listening: connects are refused
         self.page_size = page_size
         self.signed_url_ttl = signed_url_ttl
         self.faults = Faults()
@@ -96,6 +104,25 @@ class _HubCore:
     @property
     def port(self) -> int:
         return self._port
+
+    @property
+    def profile(self) -> str:
+        """The hub profile (``hf``, ``mirror``, ``bare``, ``xet``: see profiles.py); assignable at runtime,
+        it applies from the next request on."""
+        return self._profile
+
+    @profile.setter
+    def profile(self, name: str) -> None:
+        self._profile = check_profile(name)
+
+    def _refusing_origin(self) -> str:
+        """An origin on this host whose port refuses connections (bound, never listening) while the hub
+        lives: the unreachable xet-auth endpoint."""
+        with self._lock:
+            if self._refusing is None:
+                self._refusing = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                self._refusing.bind((self.host, 0))
+            return f"http://{self.host}:{self._refusing.getsockname()[1]}"
 
     # ------------------------------------------------------------------ connections and faults
 

@@ -1,5 +1,6 @@
 """The HTTP front: the threaded server and request handler classes, and dispatch of each request to
-the API, resolve or CDN route (with the per-request counters and fault checks).
+the API, resolve or CDN route (with the per-request counters and fault checks); resolve answers per the
+hub profile (CDN redirect, plus Xet headers in ``xet``; direct and unadvertised ranges in ``bare``).
 
 Imports ``api`` (which it subclasses) and ``core``.
 """
@@ -13,6 +14,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .api import _HubApi
 from .core import _Abort, _Ctx
+
+_MAX_BODY = 1024 * 1024  # request bodies (paths-info) are small; anything bigger is refused
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -56,6 +59,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.server.hub._dispatch(self)
 
+    def do_POST(self) -> None:
+        self.server.hub._dispatch(self)
+
 
 class _HubHandlers(_HubApi):
     """Dispatch and the resolve route."""
@@ -64,7 +70,7 @@ class _HubHandlers(_HubApi):
         split = urlsplit(h.path)
         raw_path = split.path
         if raw_path.startswith("/api/"):
-            kind = "api"
+            kind = "xet" if "/xet-read-token/" in raw_path else "api"
         elif raw_path.startswith("/cdn/"):
             kind = "cdn"
         elif "/resolve/" in raw_path:
@@ -88,7 +94,11 @@ class _HubHandlers(_HubApi):
     def _dispatch_inner(self, ctx: _Ctx, raw_path: str) -> None:
         h, kind = ctx.handler, ctx.kind
         try:
-            if kind == "api":
+            if ctx.method == "POST" and not self._read_body(ctx):
+                return
+            if ctx.method == "POST" and kind != "api":
+                self._error(ctx, 405, None, "Method Not Allowed")
+            elif kind in ("api", "xet"):
                 if self.faults.stall_api and not self._stall(ctx, "stall_api", self.faults.stall_api):
                     raise _Abort
                 if self._maybe_fail(ctx):
@@ -134,7 +144,27 @@ class _HubHandlers(_HubApi):
         if info is None:
             self._error(ctx, 404, "EntryNotFound", f"{ctx.file} does not exist on {rev}", commit=commit)
             return
-        if info.lfs:
-            self._redirect_to_cdn(ctx, info, commit)
+        profile = self.profile
+        if profile == "bare":  # no CDN, no X-Linked-*: the hub itself serves the (LFS) content
+            self._serve_content(ctx, info, {"X-Repo-Commit": commit}, advertise_ranges=False)
+        elif info.lfs:
+            xet = self._xet_headers(repo_id, commit, info) if profile == "xet" else None
+            self._redirect_to_cdn(ctx, info, commit, xet)
         else:
             self._serve_content(ctx, info, {"X-Repo-Commit": commit})
+
+    def _read_body(self, ctx: _Ctx) -> bool:
+        """Read a POST body into ctx.body (so keep-alive stays in sync); False once refused (answered)."""
+        h = ctx.handler
+        try:
+            length = int(h.headers.get("Content-Length") or 0)
+        except ValueError:  # garbage length: treated like a missing one, refused below
+            length = -1
+        if "chunked" in h.headers.get("Transfer-Encoding", "").lower() or not 0 <= length <= _MAX_BODY:
+            h.close_connection = True  # the unread body would be parsed as the next request
+            self._error(ctx, 413 if length > _MAX_BODY else 411, None, "Send a Content-Length body <= 1 MiB")
+            return False
+        ctx.body = h.rfile.read(length)
+        if len(ctx.body) < length:
+            raise _Abort  # client left mid-body
+        return True

@@ -36,7 +36,13 @@ from .transport import _abort_socket
 
 
 class HubEmulator(_HubHandlers):
-    """In-process hub + CDN on 127.0.0.1. Use as a context manager or call start()/stop()."""
+    """In-process hub + CDN on 127.0.0.1. Use as a context manager or call start()/stop().
+
+    Keyword arguments: ``host``, ``port``, ``cdn_port`` (0: any free port), ``page_size`` (tree pages),
+    ``signed_url_ttl`` (CDN URLs), ``profile`` (``hf`` | ``mirror`` | ``bare`` | ``xet``, see profiles.py;
+    also assignable later as ``hub.profile``) and ``xet_auth_status`` (what the xet profile's token
+    endpoint answers, 503 by default; None points the ``xet-auth`` link at a port that refuses connections).
+    """
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -61,6 +67,9 @@ class HubEmulator(_HubHandlers):
             for s in self._old_wakes:
                 s.close()
             self._old_wakes.clear()
+            if self._refusing is not None:
+                self._refusing.close()
+                self._refusing = None
 
     def __enter__(self) -> HubEmulator:
         return self.start()
@@ -264,8 +273,8 @@ class HubEmulator(_HubHandlers):
         kind: str = "any",
         path: str = "*",
     ) -> None:
-        """The next ``n`` requests of ``kind`` (api|resolve|cdn|any) whose path matches get ``status``."""
-        if kind not in ("api", "resolve", "cdn", "any"):
+        """The next ``n`` requests of ``kind`` (api|resolve|cdn|xet|any) whose path matches get ``status``."""
+        if kind not in ("api", "resolve", "cdn", "xet", "any"):
             raise ValueError(kind)
         with self._lock:
             self._fail_rules.append(_FailRule(n, status, retry_after, kind, path))

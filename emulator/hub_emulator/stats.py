@@ -15,7 +15,7 @@ class RequestRecord:
     path: str  # URL path without the query
     range: str | None
     status: int
-    kind: str  # api | resolve | cdn | other
+    kind: str  # api | resolve | cdn | xet (the xet-auth token endpoint) | other
     bytes_sent: int = 0
     fault: str | None = None  # the fault that hit this response, if any
     done: bool = False  # the handler has finished with this response (sent, failed or aborted)

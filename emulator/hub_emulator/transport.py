@@ -55,7 +55,9 @@ class _HubTransport(_HubCore):
             if not self._stall(ctx, "stall_before_headers", f.stall_before_headers):
                 raise _Abort
 
-    def _serve_content(self, ctx: _Ctx, info: FileInfo, extra: dict[str, str]) -> None:
+    def _serve_content(
+        self, ctx: _Ctx, info: FileInfo, extra: dict[str, str], *, advertise_ranges: bool = True
+    ) -> None:
         h = ctx.handler
         etag = f'"{info.etag}"'
         size = info.size
@@ -68,6 +70,8 @@ class _HubTransport(_HubCore):
             "Content-Type": "application/octet-stream",
             **extra,
         }
+        if not advertise_ranges:  # a bare hub still honours Range but does not say so
+            del headers["Accept-Ranges"]
         if range_header and self.faults.ignore_range and self._in_scope(ctx):
             self._fault_fired(ctx, "ignore_range")
             range_header = None
