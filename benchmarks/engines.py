@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "emulator"))  # the hub emulator is its own distribution
 sys.path.insert(0, str(ROOT))
 
+from hub_emulator import HubEmulator, prime_hash_cache  # noqa: E402
+
 from provisioner.config import _size  # noqa: E402
-from provisioner.testing.hub import HubEmulator, prime_hash_cache  # noqa: E402
 from provisioner.verify import hash_file  # noqa: E402
 
 REPO = "bench/engines"

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT / "emulator", REPO_ROOT):  # the hub emulator is its own distribution
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-from provisioner.testing.hub import HubEmulator, HubStats, prime_hash_cache  # noqa: E402
+from hub_emulator import HubEmulator, HubStats, prime_hash_cache  # noqa: E402
 
 KiB = 1024
 MiB = 1024 * KiB

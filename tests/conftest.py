@@ -22,12 +22,14 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-# Make the package importable when it is not installed (plain `pytest` from the checkout).
+# Make the package and the hub emulator (its own distribution in emulator/) importable when they are
+# not installed (plain `pytest` from the checkout).
 _ROOT = Path(__file__).resolve().parent.parent
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+for _path in (_ROOT / "emulator", _ROOT):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-from provisioner.testing.hub import HubEmulator, prime_hash_cache  # noqa: E402
+from hub_emulator import HubEmulator, prime_hash_cache  # noqa: E402
 
 pytest_plugins = ["skip_policy"]  # every skip is reported; unexpected ones fail CI (tests/allowed_skips.txt)
 

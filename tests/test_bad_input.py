@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from cli_helpers import run_args, run_cli
+from hub_emulator import HubEmulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +33,6 @@ from provisioner.errors import BadRemoteError, ExitCode, NotFoundError, Provisio
 from provisioner.manifest import Plan
 from provisioner.plan import MAX_FILE_SIZE, build_plan
 from provisioner.retry import RetryBudget
-from provisioner.testing.hub import HubEmulator
 
 COMMIT = "c0ffee" + "0" * 34
 REPO = "org/fake"

@@ -145,10 +145,11 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_sends_only_what_the_build_copies() -> None:
     patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    for needed in ("pyproject.toml", "README.md", "provisioner/cli.py", "provisioner/testing/hub.py"):
+    for needed in ("pyproject.toml", "README.md", "provisioner/cli.py", "provisioner/fetch.py"):
         assert not _ignored(needed, patterns), f"{needed} is needed by the build"
     for unwanted in (".git/config", ".tools/bin/helm", "tests/test_chart.py", "charts/model-provisioner/Chart.yaml",
-                     "provisioner/__pycache__/cli.cpython-311.pyc", "benchmarks/results/x.json"):
+                     "provisioner/__pycache__/cli.cpython-311.pyc", "benchmarks/results/x.json",
+                     "emulator/hub_emulator/server.py", "emulator/pyproject.toml"):
         assert _ignored(unwanted, patterns), f"{unwanted} should not be in the build context"
     copies = [rest.split()[:-1] for w, rest in instructions() if w == "COPY" and "--from" not in rest]
     for sources in copies:

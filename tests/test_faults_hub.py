@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import json_lines, run_args, run_cli, start_cli, wait_until
+from hub_emulator import HubEmulator, HubStats
 
 from provisioner import marker
 from provisioner.errors import ExitCode
-from provisioner.testing.hub import HubEmulator, HubStats
 
 REPO = "org/faults"
 MiB = 1 << 20

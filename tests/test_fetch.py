@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from hub_emulator import HubEmulator
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,7 +51,6 @@ from provisioner.fetch_journal import layout_segments
 from provisioner.manifest import FileEntry, Plan
 from provisioner.progress import Tracker
 from provisioner.retry import RetryBudget
-from provisioner.testing.hub import HubEmulator
 
 MiB = 1 << 20
 REPO = "org/model"

@@ -15,10 +15,9 @@ from urllib.parse import urlsplit
 
 import httpx2
 import pytest
+from hub_emulator import HubEmulator, blob_sha1_of_bytes, lfs_pointer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from provisioner.testing.hub import HubEmulator, blob_sha1_of_bytes, lfs_pointer
 
 REPO = "org/small"
 SMALL_FILES: dict[str, bytes] = {
@@ -692,9 +691,9 @@ def test_standalone_cli(small_repo: Path) -> None:
     import sys
 
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "PYTHONPATH": f"{root / 'emulator'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "provisioner.testing.hub", "--repo", f"org/cli={small_repo}"],
+        [sys.executable, "-m", "hub_emulator", "--repo", f"org/cli={small_repo}"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hub_emulator import HubEmulator
 
 from provisioner import verify
 from provisioner.config import Config
@@ -21,7 +22,6 @@ from provisioner.hubengine import HUB_METADATA_DIR, classify_download_error, fet
 from provisioner.manifest import FileEntry, Plan
 from provisioner.progress import Tracker
 from provisioner.retry import RetryBudget
-from provisioner.testing.hub import HubEmulator
 
 REPO = "acme/small"
 

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 from cli_helpers import run_args, start_cli, wait_until
 from fake_apiserver import FakeApiServer
-
-from provisioner.testing.hub import HubEmulator
+from hub_emulator import HubEmulator
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,8 +12,7 @@ import pytest
 import yaml
 from cli_helpers import run_args, start_cli
 from fake_apiserver import FakeApiServer
-
-from provisioner.testing.hub import HubEmulator
+from hub_emulator import HubEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "models"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import run_args, start_cli, wait_until
+from hub_emulator import HubEmulator
 from prom_helpers import find_tool, free_port, http_get
 
 from provisioner.errors import ExitCode
-from provisioner.testing.hub import HubEmulator
 
 REPO = "org/small"
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import json_lines, run_args, run_cli, start_cli
+from hub_emulator import HubEmulator
 
 from provisioner import marker
 from provisioner.api import provision
 from provisioner.config import Config
 from provisioner.errors import ExitCode, NoSpaceError
-from provisioner.testing.hub import HubEmulator
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BIG = "org/big"
