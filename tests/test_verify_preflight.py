@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import ROOT, json_lines, run_args, run_cli
+from hub_emulator import HubEmulator
 
 from provisioner import marker
 from provisioner.errors import ConfigError, ExitCode
-from provisioner.testing.hub import HubEmulator
 from provisioner.verify import check_smoke_dependencies, needs_smoke_test
 from provisioner.verify import smoke as smoke_parent
 
