@@ -69,9 +69,82 @@ app.kubernetes.io/part-of: model-provisioner
 {{- end }}
 {{- end }}
 
+{{/*
+The settings named after CLI flags whose chart value was renamed, resolved from the new name or its
+deprecated form (a JSON dict; read it with `include "model-provisioner.settings" . | fromJson`):
+  target        model.target          (deprecated: model.mountPath)
+  listen, port  provisioner.listen    (deprecated: provisioner.listenPort); port is "" when listen is `off`
+  events        kube.events on|off    (deprecated: true|false); `auto` resolved
+  coordination  kube.coordination     (deprecated: kube.lease true|false); `auto` resolved
+  condition     kube.readinessCondition, a condition type or "" (deprecated: true|false + kube.conditionType)
+  deprecations  one note per deprecated name in use (NOTES.txt prints them)
+A deprecated name that is set wins over the new one: it can only be there because the user put it there.
+*/}}
+{{- define "model-provisioner.settings" -}}
+{{- $v := .Values }}
+{{- $k := $v.kube }}
+{{- $notes := list }}
+{{- $target := $v.model.target }}
+{{- if not (kindIs "invalid" $v.model.mountPath) }}
+{{- $target = $v.model.mountPath }}
+{{- $notes = append $notes (printf "model.mountPath is deprecated: use model.target (in effect: %s)" $target) }}
+{{- end }}
+{{- $listen := toString $v.provisioner.listen }}
+{{- if not (kindIs "invalid" $v.provisioner.listenPort) }}
+{{- $listen = printf "0.0.0.0:%d" (int $v.provisioner.listenPort) }}
+{{- $notes = append $notes (printf "provisioner.listenPort is deprecated: use provisioner.listen (in effect: %s)" $listen) }}
+{{- end }}
+{{- $port := "" }}
+{{- if ne $listen "off" }}
+{{- $port = regexFind "[0-9]+$" $listen }}
+{{- end }}
+{{- $events := toString $k.events }}
+{{- if kindIs "bool" $k.events }}
+{{- $events = ternary "on" "off" $k.events }}
+{{- $notes = append $notes (printf "kube.events: %t is deprecated: use kube.events: \"%s\" (or auto; quote on/off in YAML, which reads them as booleans)" $k.events $events) }}
+{{- end }}
+{{- $condition := "" }}
+{{- if kindIs "bool" $k.readinessCondition }}
+{{- if $k.readinessCondition }}
+{{- $condition = default "model-provisioner/ready" $k.conditionType }}
+{{- end }}
+{{- $notes = append $notes (printf "kube.readinessCondition: %t is deprecated: set it to the condition type, e.g. kube.readinessCondition: %s (empty: off)" $k.readinessCondition (default "model-provisioner/ready" $k.conditionType)) }}
+{{- else }}
+{{- $condition = toString (default "" $k.readinessCondition) }}
+{{- end }}
+{{- if not (kindIs "invalid" $k.conditionType) }}
+{{- $notes = append $notes (printf "kube.conditionType is deprecated: set kube.readinessCondition: %s instead (in effect: %q)" $k.conditionType $condition) }}
+{{- end }}
+{{- $coordination := toString $k.coordination }}
+{{- if not (kindIs "invalid" $k.lease) }}
+{{- $coordination = ternary "lease" "file" (eq (toString $k.lease) "true") }}
+{{- $notes = append $notes (printf "kube.lease is deprecated: use kube.coordination: %s (lease, file, none or auto)" $coordination) }}
+{{- end }}
+{{- if eq $coordination "auto" }}
+{{- $usesApi := or (eq $events "on") (ne $condition "") }}
+{{- $coordination = ternary "lease" "file" (and $usesApi (ne $v.storage.type "emptyDir")) }}
+{{- end }}
+{{- if eq $events "auto" }}
+{{- $events = ternary "on" "off" (or (eq $coordination "lease") (ne $condition "")) }}
+{{- end }}
+{{- toJson (dict "target" $target "listen" $listen "port" $port "events" $events "coordination" $coordination
+      "condition" $condition "deprecations" $notes) }}
+{{- end }}
+
 {{/* "true" when any Kubernetes API feature is on. */}}
 {{- define "model-provisioner.kubeEnabled" -}}
-{{- if or .Values.kube.events .Values.kube.lease .Values.kube.readinessCondition }}true{{- end }}
+{{- $s := include "model-provisioner.settings" . | fromJson }}
+{{- if or (eq $s.events "on") (eq $s.coordination "lease") $s.condition }}true{{- end }}
+{{- end }}
+
+{{/* The model directory (model.target, or the deprecated model.mountPath). */}}
+{{- define "model-provisioner.target" -}}
+{{- (include "model-provisioner.settings" . | fromJson).target }}
+{{- end }}
+
+{{/* The provisioner's port (from provisioner.listen, or the deprecated listenPort); empty when listen is off. */}}
+{{- define "model-provisioner.port" -}}
+{{- (include "model-provisioner.settings" . | fromJson).port }}
 {{- end }}
 
 {{/* "true" when the provisioner keeps serving (a readinessGate makes sense). */}}
@@ -98,8 +171,12 @@ Checks of value combinations the schema cannot express. Included once by every t
 {{- if and .Values.nodeCache.enabled (ne .Values.storage.type "hostPath") }}
 {{- fail "nodeCache.enabled needs storage.type=hostPath (the DaemonSet fills storage.hostPath.path on each node)" }}
 {{- end }}
-{{- if and .Values.kube.lease (eq .Values.storage.type "emptyDir") }}
-{{- fail "kube.lease coordinates replicas that share one volume; storage.type=emptyDir is private to each pod: use pvc, existingClaim or hostPath, or leave kube.lease off" }}
+{{- $s := include "model-provisioner.settings" . | fromJson }}
+{{- if and (eq $s.coordination "lease") (eq .Values.storage.type "emptyDir") }}
+{{- fail "kube.coordination=lease coordinates replicas that share one volume; storage.type=emptyDir is private to each pod: use pvc, existingClaim or hostPath, or set kube.coordination to auto, file or none" }}
+{{- end }}
+{{- if and (eq $s.listen "off") (or (ne .Values.mode "init") .Values.nodeCache.enabled .Values.metrics.podMonitor.enabled .Values.metrics.serviceMonitor.enabled .Values.metrics.service.enabled) }}
+{{- fail "provisioner.listen=off: only mode=init without nodeCache, metrics.service, podMonitor or serviceMonitor can run without the provisioner's HTTP server (the other modes probe /readyz on it)" }}
 {{- end }}
 {{- if and (eq .Values.storage.type "existingClaim") (not .Values.storage.existingClaim.name) }}
 {{- fail "storage.type=existingClaim needs storage.existingClaim.name" }}
@@ -108,8 +185,8 @@ Checks of value combinations the schema cannot express. Included once by every t
 {{- fail "model.token.key is set but model.token.existingSecret is empty" }}
 {{- end }}
 {{- range .Values.app.ports }}
-{{- if eq (int .containerPort) (int $.Values.provisioner.listenPort) }}
-{{- fail (printf "app.ports uses containerPort %d, which is provisioner.listenPort: the app and the provisioner share the pod's network; change one of them" (int .containerPort)) }}
+{{- if eq (toString (int .containerPort)) $s.port }}
+{{- fail (printf "app.ports uses containerPort %d, which is the port of provisioner.listen (%s): the app and the provisioner share the pod's network; change one of them" (int .containerPort) $s.listen) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -127,10 +204,12 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
 {{- $m := $v.model }}
 {{- $mode := ternary "sidecar" "init" (ne $v.mode "init") }}
 {{- $kubeOn := include "model-provisioner.kubeEnabled" . }}
+{{- $s := include "model-provisioner.settings" . | fromJson }}
+{{- $lease := eq $s.coordination "lease" }}
 {{- $settings := list
       (list "PROVISIONER_REPO_ID" $m.repoId)
       (list "PROVISIONER_REVISION" $m.revision)
-      (list "PROVISIONER_TARGET" $m.mountPath)
+      (list "PROVISIONER_TARGET" $s.target)
       (list "PROVISIONER_INCLUDE" $m.include)
       (list "PROVISIONER_EXCLUDE" $m.exclude)
       (list "PROVISIONER_ENDPOINT" $m.endpoint)
@@ -146,7 +225,7 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
       (list "PROVISIONER_CONNECTIONS_PER_FILE" $m.connectionsPerFile)
       (list "PROVISIONER_SPLIT_THRESHOLD" $m.splitThreshold)
       (list "PROVISIONER_DISK_HEADROOM" $m.diskHeadroom)
-      (list "PROVISIONER_LISTEN" (printf "0.0.0.0:%d" (int $v.provisioner.listenPort)))
+      (list "PROVISIONER_LISTEN" $s.listen)
       (list "PROVISIONER_MODE" (default $mode (get . "provisionerMode")))
       (list "PROVISIONER_LINGER" $v.provisioner.linger)
       (list "PROVISIONER_PUSHGATEWAY" $v.provisioner.pushgateway)
@@ -154,9 +233,10 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
       (list "PROVISIONER_LOG_LEVEL" $v.provisioner.logLevel)
       (list "PROVISIONER_PROGRESS_INTERVAL" $v.provisioner.progressInterval)
       (list "PROVISIONER_KUBE" (ternary "on" "off" (eq $kubeOn "true")))
-      (list "PROVISIONER_COORDINATION" (ternary "lease" "file" $v.kube.lease))
-      (list "PROVISIONER_LEASE_DURATION" (ternary $v.kube.leaseDuration nil $v.kube.lease))
-      (list "PROVISIONER_READINESS_CONDITION" (ternary $v.kube.conditionType "" $v.kube.readinessCondition))
+      (list "PROVISIONER_EVENTS" $s.events)
+      (list "PROVISIONER_COORDINATION" $s.coordination)
+      (list "PROVISIONER_LEASE_DURATION" (ternary $v.kube.leaseDuration nil $lease))
+      (list "PROVISIONER_READINESS_CONDITION" $s.condition)
 }}
 {{- range $settings }}
 {{- $value := index . 1 }}
@@ -205,7 +285,7 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
 
 {{- define "model-provisioner._volumeMounts" -}}
 - name: models
-  mountPath: {{ .Values.model.mountPath }}
+  mountPath: {{ include "model-provisioner.target" . }}
 - name: provisioner-tmp
   mountPath: /tmp
 {{- if and .Values.model.token.existingSecret (eq .Values.model.token.as "file") }}
@@ -221,22 +301,24 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
 {{/* PUBLIC: the model volume mount for the app container (list item). */}}
 {{- define "model-provisioner.modelVolumeMount" -}}
 - name: models
-  mountPath: {{ .Values.model.mountPath }}
+  mountPath: {{ include "model-provisioner.target" . }}
   readOnly: {{ .Values.app.modelReadOnly }}
 {{- end }}
 
 {{/* The provisioner container's port (list items). */}}
 {{- define "model-provisioner.ports" -}}
+{{- with include "model-provisioner.port" . }}
 - name: http-metrics
-  containerPort: {{ .Values.provisioner.listenPort }}
+  containerPort: {{ . }}
   protocol: TCP
+{{- end }}
 {{- end }}
 
 {{/* An httpGet probe on the provisioner port: context is (dict "root" $ "path" "/readyz" "probe" <settings>). */}}
 {{- define "model-provisioner.httpProbe" -}}
 httpGet:
   path: {{ .path }}
-  port: {{ .root.Values.provisioner.listenPort }}
+  port: {{ include "model-provisioner.port" .root }}
 {{- with .probe }}
 {{ toYaml . }}
 {{- end }}
@@ -254,8 +336,10 @@ args:
   {{- end }}
 env:
   {{- include "model-provisioner.env" . | nindent 2 }}
+{{- with include "model-provisioner.ports" . }}
 ports:
-  {{- include "model-provisioner.ports" . | nindent 2 }}
+  {{- . | nindent 2 }}
+{{- end }}
 volumeMounts:
   {{- include "model-provisioner.volumeMounts" . | nindent 2 }}
 {{- with .Values.provisioner.resources }}
@@ -355,9 +439,9 @@ hostPath:
 
 {{/* The readinessGates of a pod whose provisioner keeps serving. */}}
 {{- define "model-provisioner.readinessGates" -}}
-{{- if .Values.kube.readinessCondition }}
+{{- with (include "model-provisioner.settings" . | fromJson).condition }}
 readinessGates:
-  - conditionType: {{ .Values.kube.conditionType | quote }}
+  - conditionType: {{ . | quote }}
 {{- end }}
 {{- end }}
 
@@ -366,10 +450,10 @@ readinessGates:
 - name: fix-permissions
   image: {{ include "model-provisioner.image" . | quote }}
   imagePullPolicy: {{ .Values.provisioner.image.pullPolicy }}
-  command: ["chown", "{{ .Values.provisioner.securityContext.runAsUser | default 10001 }}:{{ .Values.podSecurityContext.fsGroup | default 10001 }}", {{ .Values.model.mountPath | quote }}]
+  command: ["chown", "{{ .Values.provisioner.securityContext.runAsUser | default 10001 }}:{{ .Values.podSecurityContext.fsGroup | default 10001 }}", {{ include "model-provisioner.target" . | quote }}]
   volumeMounts:
     - name: models
-      mountPath: {{ .Values.model.mountPath }}
+      mountPath: {{ include "model-provisioner.target" . }}
   resources:
     requests:
       cpu: 10m
@@ -398,7 +482,7 @@ readinessGates:
 {{- define "model-provisioner.testTarget" -}}
 {{- $fullname := include "model-provisioner.fullname" . }}
 {{- if eq (include "model-provisioner.servesReadyz" .) "true" }}
-{{- printf "http://%s-metrics.%s.svc:%d/readyz" $fullname .Release.Namespace (int .Values.provisioner.listenPort) }}
+{{- printf "http://%s-metrics.%s.svc:%s/readyz" $fullname .Release.Namespace (include "model-provisioner.port" .) }}
 {{- else if and .Values.app.enabled .Values.app.service.enabled .Values.app.ports }}
 {{- /* init mode: the provisioner has exited once the app runs; the app answering proves the model was ready. */}}
 {{- printf "tcp://%s.%s.svc:%d" $fullname .Release.Namespace (int (first .Values.app.ports).containerPort) }}
