@@ -6,7 +6,9 @@ chart_helpers; the few `--set` variants are rendered once per module through `va
 
 from __future__ import annotations
 
+import re
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -324,3 +326,15 @@ def test_scrape_timeout_longer_than_the_interval_fails(helm: str) -> None:
     err = template_fails(helm, "--set", "metrics.serviceMonitor.enabled=true",
                          "--set", "metrics.serviceMonitor.interval=5s", "--set", "metrics.serviceMonitor.scrapeTimeout=10s")
     assert "scrapeTimeout 10s is longer than the scrape interval 5s" in err, err
+
+
+def test_docs_name_only_tests_that_exist() -> None:
+    """docs/chart.md "Works in a real cluster" cites tests by name: each must exist, each item must cite one."""
+    section = (CHART.parents[1] / "docs" / "chart.md").read_text().split("## Works in a real cluster", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    cited = set(re.findall(r"`(?:tests/test_chart\.py::)?(test_\w+)`", section))
+    sources = (Path(__file__).read_text(), (Path(__file__).parent / "test_chart.py").read_text())
+    here = {n for text in sources for n in re.findall(r"^def (test_\w+)\(", text, re.M)}
+    assert cited and not cited - here, f"docs cite missing tests: {sorted(cited - here)}"
+    for item in ("1", "2", "3", "4", "5", "7", "8", "9", "10", "11", "12", "13"):
+        assert re.search(rf"^\| {item} \|.*`test_{item}_", section, re.M), f"item {item} cites no test_{item}_* test"
