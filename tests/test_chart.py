@@ -66,7 +66,9 @@ def kubernetes_validate() -> str:
 def test_every_mode_and_toggle_has_a_ci_values_file() -> None:
     expected = {"init", "nativeSidecar", "sidecar", "pvc", "existingClaim", "hostPath", "nodeCache", "podMonitor",
                 "serviceMonitor", "prometheusRule", "dashboards", "networkPolicy", "kubeEvents", "kubeLease",
-                "kubeReadiness", "tokenFile", "tokenEnv", "allSettings", "deprecatedNames"}
+                "kubeReadiness", "tokenFile", "tokenEnv", "allSettings", "deprecatedNames",
+                "hostPathPrepared", "listenOff", "memoryMedium", "existingServiceAccount", "excludeNothing",
+                "initMonitored", "appHardened"}
     assert expected <= set(CASES), f"missing ci values files: {sorted(expected - set(CASES))}"
 
 

@@ -82,6 +82,16 @@ def test_1_chown_uses_the_provisioner_uid_and_gid_and_can_be_turned_off(helm: st
 
 def test_1_read_only_node_cache_readers_do_not_chown(helm: str) -> None:
     assert all(c["name"] != "fix-permissions" for c in containers(app_spec(helm, "nodeCache")))
+    prepared = app_spec(helm, "hostPathPrepared")
+    assert all(c["name"] != "fix-permissions" for c in containers(prepared))
+    assert next(v for v in prepared["volumes"] if v["name"] == "models")["hostPath"]["type"] == "Directory"
+
+
+def test_listen_off_renders_no_port_in_init_mode(helm: str) -> None:
+    objs = docs(helm, "listenOff")
+    prov = container(deployment_spec(objs), "model-provisioner")
+    assert env_of(prov)["PROVISIONER_LISTEN"] == "off" and "ports" not in prov
+    assert "off" in template_fails(helm, *_values_args("listenOff"), "--set", "mode=sidecar")
 
 
 # ---- 2. native sidecars need 1.29 ----------------------------------------------------------------------
