@@ -517,6 +517,10 @@ def test_helm_test_hook_checks_readyz(helm: str, case: str, target: str | None) 
     (["--set", "model.token.as=arg"], ["/model/token/as"]),
     (["--set", "model.splitThreshold=lots"], ["/model/splitThreshold"]),
     (["--set", "model.endpoint=ftp://mirror"], ["/model/endpoint"]),
+    (["--set", "kube.events=maybe"], ["/kube/events"]),
+    (["--set", "kube.coordination=etcd"], ["/kube/coordination", "lease"]),
+    (["--set", "kube.readinessCondition=not a condition"], ["/kube/readinessCondition"]),
+    (["--set", "provisioner.listen=9733"], ["/provisioner/listen"]),
 ])
 def test_schema_rejects_bad_values(helm: str, args: list[str], expect: list[str]) -> None:
     err = template_fails(helm, *args)
@@ -532,6 +536,7 @@ def test_schema_rejects_bad_values(helm: str, args: list[str], expect: list[str]
     (["--set", "app.ports[0].containerPort=9733"], "provisioner.listen (0.0.0.0:9733)"),
     (["--set", "provisioner.listenPort=8000", "--set", "app.ports[0].containerPort=8000"], "provisioner.listen"),
     (["--set", "provisioner.listen=off", "--set", "mode=sidecar"], "provisioner.listen=off"),
+    (["--set", "provisioner.listen=0.0.0.0:0"], "the port must be 1-65535"),
 ])
 def test_inconsistent_values_fail_with_a_clear_message(helm: str, args: list[str], expect: str) -> None:
     assert expect in template_fails(helm, *args)

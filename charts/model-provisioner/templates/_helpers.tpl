@@ -238,6 +238,9 @@ Checks of value combinations the schema cannot express. Included once by every t
 {{- if and (eq $s.coordination "lease") (eq .Values.storage.type "emptyDir") }}
 {{- fail "kube.coordination=lease coordinates replicas that share one volume; storage.type=emptyDir is private to each pod: use pvc, existingClaim or hostPath, or set kube.coordination to auto, file or none" }}
 {{- end }}
+{{- if and $s.port (or (lt (int $s.port) 1) (gt (int $s.port) 65535)) }}
+{{- fail (printf "provisioner.listen=%s: the port must be 1-65535 (it is the container port and the probes' port)" $s.listen) }}
+{{- end }}
 {{- if and (eq $s.listen "off") (or (ne .Values.mode "init") .Values.nodeCache.enabled .Values.metrics.podMonitor.enabled .Values.metrics.serviceMonitor.enabled .Values.metrics.service.enabled) }}
 {{- fail "provisioner.listen=off: only mode=init without nodeCache, metrics.service, podMonitor or serviceMonitor can run without the provisioner's HTTP server (the other modes probe /readyz on it)" }}
 {{- end }}
