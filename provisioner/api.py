@@ -319,7 +319,7 @@ class _Run:
         return bad, time.monotonic() - t
 
     def _fetch_hub(self, plan: Plan, todo: list[FileEntry]) -> tuple[list[tuple[FileEntry, str, str]], float]:
-        from .hubengine import fetch_with_hub
+        from .fetch.hub import fetch_with_hub
 
         for entry in todo:
             self._safe_final_path(entry)

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from provisioner import fetch_journal, verify
+from provisioner import verify
 from provisioner.config import Config
 from provisioner.errors import (
     Interrupted,
@@ -46,7 +46,8 @@ from provisioner.fetch import (
     partial_bytes_on_disk,
     prune_partials,
 )
-from provisioner.fetch_journal import layout_segments
+from provisioner.fetch import journal as fetch_journal
+from provisioner.fetch.journal import layout_segments
 from provisioner.manifest import FileEntry, Plan
 from provisioner.progress import Tracker
 from provisioner.retry import RetryBudget

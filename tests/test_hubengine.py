@@ -1,4 +1,4 @@
-"""`--engine hub` (provisioner/hubengine.py) against the hub emulator over real HTTP on 127.0.0.1."""
+"""`--engine hub` (provisioner/fetch/hub.py) against the hub emulator over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from provisioner.errors import (
     TransientError,
     UnauthorizedError,
 )
-from provisioner.hubengine import HUB_METADATA_DIR, classify_download_error, fetch_with_hub
+from provisioner.fetch.hub import HUB_METADATA_DIR, classify_download_error, fetch_with_hub
 from provisioner.manifest import FileEntry, Plan
 from provisioner.progress import Tracker
 from provisioner.retry import RetryBudget

@@ -7,14 +7,15 @@ moves files into the target and never judges checksums: the caller compares the 
 plan, calls `discard_partial` and fetches again on a mismatch, then moves the files in place.
 
 Design in brief (docs/design.md has the on-disk layout):
-* one `Journal` per file (fetch_journal.py): data is `pwrite`n at its final offset, and each
+* one `Journal` per file (journal.py): data is `pwrite`n at its final offset, and each
   segment's u64 offset is advanced only after its data write returned, every 256 KiB (or
   0.25 s), so a SIGKILL loses at most one buffered chunk per connection;
 * each segment resumes with `Range: bytes=N-M` + `If-Range: <etag>`; a 200 instead of a 206 means
   either the file changed (ETag/size differ: drop and restart) or the server ignores ranges (fall
   back to one stream from 0);
-* a `HashFrontier` (fetch_frontier.py) hashes bytes in file order while segments land out of
+* a `HashFrontier` (frontier.py) hashes bytes in file order while segments land out of
   order, so verification after the last byte costs almost nothing;
+* requests, redirects and the HTTP status -> error mapping live in http.py;
 * every failure is classified into a low-cardinality reason and retried inside the shared
   `RetryBudget`; permanent ones (404, 401/403 from the hub, other 4xx, local I/O) fail fast and
   stop all other workers, which flush their journals first.
@@ -24,69 +25,40 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import httpx2
 from huggingface_hub import hf_hub_url
-from huggingface_hub.utils import build_hf_headers
 
-from .config import Config
-from .context import interrupted
-from .errors import (
-    BadRemoteError,
-    NotFoundError,
-    ProvisionerError,
-    TransientError,
-    UnauthorizedError,
-)
-from .fetch_frontier import HashFrontier
-from .fetch_journal import (
-    Journal,
-    clear_journal,
-    discard_partial,
-    layout_segments,
-    part_key,
-    partial_bytes_on_disk,
-    prune_partials,
-)
-from .manifest import FileEntry, Plan
-from .progress import Tracker
-from .redact import redact, strip_query
-from .retry import RetryBudget, parse_retry_after
-from .verify import Digests, wanted_digests
+from ..config import Config
+from ..context import interrupted
+from ..errors import BadRemoteError, ProvisionerError, TransientError
+from ..manifest import FileEntry, Plan
+from ..progress import Tracker
+from ..redact import redact
+from ..retry import RetryBudget
+from ..verify import Digests, wanted_digests
+from .frontier import HashFrontier
+from .http import Aborted, HubHttp, Job, Restart, Retry, classify, make_client
+from .journal import Journal, layout_segments
 
-__all__ = [
-    "FetchedFile",
-    "fetch_files",
-    "discard_partial",
-    "partial_bytes_on_disk",
-    "part_key",
-    "clear_journal",
-    "prune_partials",
-    "make_client",
-]
+__all__ = ["FetchedFile", "fetch_files", "make_client"]
 
 log = logging.getLogger("provisioner.fetch")
 
 CHUNK_BYTES = 256 << 10  # write + offset update granularity (the most a SIGKILL can lose per connection)
 FLUSH_SECONDS = 0.25  # ... or this often on slow links, so progress and offsets stay fresh
-MAX_REDIRECTS = 10
 MAX_RESTARTS = 3  # per file and call: `changed` / `range_ignored` restarts before giving up
 POLL_SECONDS = 0.1  # how often the coordinator looks at the external stop event
 ABORT_GRACE_SECONDS = 0.3  # after a stop/failure, workers get this long to reach a chunk boundary
 # A backoff ends early when another connection receives bytes (the remote is back), but never before
 # this: a connection failing on its own while the others stream must not retry in a tight loop.
 WAKE_FLOOR_SECONDS = 0.25
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
@@ -97,119 +69,8 @@ class FetchedFile:
     digests: Digests
 
 
-# ---- internal control flow ------------------------------------------------------------------
-class _Retry(Exception):
-    """A transient failure of one request: back off and try the same segment again."""
-
-    def __init__(self, reason: str, message: str, *, retry_after: float | None = None,
-                 immediate: bool = False, stall: bool = False) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.retry_after = retry_after
-        self.immediate = immediate  # no backoff for the first one (e.g. re-resolve an expired URL)
-        self.stall = stall
-
-
-class _Restart(Exception):
-    """The partial cannot be continued: drop it and fetch the file again from 0."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason  # `changed` or `range_ignored`
-        self.message = message
-
-
-class _Aborted(Exception):
-    """Stop requested (external stop, another worker failed, or this file restarts)."""
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port
-
-
 def _strong_etag(etag: str | None) -> bool:
     return bool(etag) and not str(etag).startswith("W/")
-
-
-def make_client(config: Config) -> httpx2.Client:
-    """The engine's HTTP client: the read timeout is the stall watchdog; redirects are ours to follow."""
-    connections = config.max_workers * config.connections_per_file + 2
-    return httpx2.Client(
-        timeout=_timeout(config),
-        limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections),
-        follow_redirects=False,
-        http2=False,
-    )
-
-
-def _timeout(config: Config) -> httpx2.Timeout:
-    return httpx2.Timeout(connect=config.connect_timeout, read=config.stall_timeout,
-                          write=config.stall_timeout, pool=config.connect_timeout)
-
-
-def _classify(exc: httpx2.HTTPError, *, what: str, stall_timeout: float) -> _Retry | ProvisionerError:
-    """A transport exception -> a retry with a low-cardinality reason (or a permanent error)."""
-    name = type(exc).__name__
-    detail = redact(f"{what}: {name}: {exc}")
-    if isinstance(exc, httpx2.ReadTimeout):
-        return _Retry("stall", f"{what}: no byte for {stall_timeout:g}s (stall watchdog)", stall=True)
-    if isinstance(exc, httpx2.ConnectTimeout | httpx2.ConnectError | httpx2.ProxyError):
-        return _Retry("connect", detail)
-    if isinstance(exc, httpx2.TimeoutException):
-        return _Retry("timeout", detail)
-    if isinstance(exc, httpx2.UnsupportedProtocol | httpx2.InvalidURL):
-        return BadRemoteError(f"the hub redirected to an unusable URL for {what}", detail=detail)
-    return _Retry("reset", detail)  # ReadError, RemoteProtocolError (truncated body), WriteError, ...
-
-
-class _Job:
-    """One file being fetched in this call: its journal, cancel flag and open sockets."""
-
-    def __init__(self, entry: FileEntry, journal: Journal, hub_url: str) -> None:
-        self.entry = entry
-        self.journal = journal
-        self.hub_url = hub_url
-        self.cancel = threading.Event()
-        self.resolve_lock = threading.Lock()  # one segment resolves the CDN URL, the others reuse it
-        self._sockets: set[socket.socket] = set()
-        self._hard = False
-        self._lock = threading.Lock()
-
-    def register(self, sock: socket.socket | None) -> None:
-        if sock is not None:
-            with self._lock:
-                self._sockets.add(sock)
-                hard = self._hard
-            if hard:
-                self._shutdown(sock)
-
-    def unregister(self, sock: socket.socket | None) -> None:
-        if sock is not None:
-            with self._lock:
-                self._sockets.discard(sock)
-
-    def abort(self, *, hard: bool = False) -> None:
-        """Stop all segments of this file: at their next chunk boundary, or (hard) at once, even one
-        blocked in a read. Hard only after a grace period: shutting a socket down drops the bytes
-        already in its receive buffer, which a soft stop still writes to disk."""
-        self.cancel.set()
-        if not hard:
-            return
-        with self._lock:
-            self._hard = True
-            socks = list(self._sockets)
-        for sock in socks:
-            self._shutdown(sock)
-
-    @staticmethod
-    def _shutdown(sock: socket.socket) -> None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv(); the reader sees EOF and checks cancel
-        except OSError:  # already closed by its owner: nothing left to wake
-            pass
 
 
 class _Session:
@@ -222,20 +83,10 @@ class _Session:
         self.state_dir = Path(state_dir)
         self.tracker = tracker
         self.budget = budget
-        self.client = client
-        self.timeout = _timeout(config)
-        # token=False when none is configured: never pick up a token we were not given.
-        self.hub_headers: dict[str, str] = dict(
-            build_hf_headers(token=config.token or False, library_name="model-provisioner"))
-        self.cdn_headers = {k: v for k, v in self.hub_headers.items() if k.lower() != "authorization"}
-        self.hub_origin = _origin(plan.endpoint)
+        self.http = HubHttp(plan, config=config, client=client)
         self.secrets = (config.token,) if config.token else ()
-        self._urls: dict[str, str] = {}  # path -> resolved (signed) CDN URL
-        self._urls_lock = threading.Lock()
-        self._jobs: set[_Job] = set()
+        self._jobs: set[Job] = set()
         self._jobs_lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._sockets_lock = threading.Lock()
         self.aborted = threading.Event()
 
     # ---- abort ------------------------------------------------------------------------------
@@ -247,31 +98,12 @@ class _Session:
             job.abort(hard=hard)
         self.budget.wake()  # workers backing off notice their cancel event at once
         if hard:
-            # Also the sockets still waiting for response headers (a stall before headers), which
-            # no job knows about yet: every connection of this call was opened through `_trace`.
-            with self._sockets_lock:
-                socks = list(self._sockets)
-            for sock in socks:
-                _Job._shutdown(sock)
-
-    def _trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore trace hook: remember every TCP connection opened for this call."""
-        if event != "connection.connect_tcp.complete":
-            return
-        sock = _socket_of_stream(info.get("return_value"))
-        if sock is not None:
-            with self._sockets_lock:
-                self._sockets = {s for s in self._sockets if s.fileno() != -1}  # forget closed ones
-                self._sockets.add(sock)
-
-    def _check(self, job: _Job) -> None:
-        if job.cancel.is_set() or self.aborted.is_set():
-            raise _Aborted()
+            self.http.shutdown_all()
 
     # ---- one file ---------------------------------------------------------------------------
     def fetch_file(self, entry: FileEntry) -> FetchedFile:
         if self.aborted.is_set():
-            raise _Aborted()
+            raise Aborted()
         journal = Journal.open(self.state_dir, entry, split_threshold=self.config.split_threshold,
                                connections=self.config.connections_per_file)
         hub_url = hf_hub_url(self.plan.repo_id, entry.path, revision=self.plan.commit, endpoint=self.plan.endpoint)
@@ -284,7 +116,7 @@ class _Session:
                      len(journal.segments), resumed)
             restarts = 0
             while True:
-                job = _Job(entry, journal, hub_url)
+                job = Job(entry, journal, hub_url, aborted=self.aborted)
                 with self._jobs_lock:
                     self._jobs.add(job)
                 if self.aborted.is_set():
@@ -292,7 +124,7 @@ class _Session:
                 try:
                     digests = self._download(job)
                     break
-                except _Restart as r:  # changed on the hub or Range ignored: drop the partial, lay out again
+                except Restart as r:  # changed on the hub or Range ignored: drop the partial, lay out again
                     restarts += 1
                     message = redact(f"{path}: {r.message}", self.secrets)
                     if restarts > MAX_RESTARTS:
@@ -322,7 +154,7 @@ class _Session:
         log.debug("fetch %s: complete", path)  # the tracker's file_done event already says it at info
         return FetchedFile(entry=entry, part_path=journal.part_path, digests=digests)
 
-    def _download(self, job: _Job) -> Digests:
+    def _download(self, job: Job) -> Digests:
         journal = job.journal
         nseg = len(journal.segments)
         # Hash only what the caller compares (verify.matches): sha256 for LFS files, the git blob sha1
@@ -340,7 +172,7 @@ class _Session:
         finally:
             frontier.close()
 
-    def _fetch_segments_parallel(self, job: _Job, frontier: HashFrontier) -> None:
+    def _fetch_segments_parallel(self, job: Job, frontier: HashFrontier) -> None:
         pieces = [i for i in range(len(job.journal.segments)) if job.journal.remaining(i) > 0]
         if not pieces:
             return
@@ -376,25 +208,25 @@ class _Session:
                     job.abort(hard=True)  # ... or now, if one is blocked in a stalled read
         if errors:
             # A real error beats a restart, which beats the aborts it caused.
-            real = [e for e in errors if not isinstance(e, _Aborted | _Restart)]
-            restart = [e for e in errors if isinstance(e, _Restart)]
+            real = [e for e in errors if not isinstance(e, Aborted | Restart)]
+            restart = [e for e in errors if isinstance(e, Restart)]
             raise (real or restart or errors)[0]
 
     # ---- one segment ------------------------------------------------------------------------
-    def _fetch_segment(self, job: _Job, seg: int, frontier: HashFrontier) -> None:
+    def _fetch_segment(self, job: Job, seg: int, frontier: HashFrontier) -> None:
         path = job.entry.path
         attempt = 0
         while job.journal.remaining(seg) > 0:
-            self._check(job)
+            job.check()
             before = job.journal.done[seg]
             try:
                 self._stream_segment(job, seg, frontier)
                 continue  # the server may legally send less than asked: ask again for the rest
-            except _Retry as r:  # transient: classify, report, back off inside the budget, resume from disk
+            except Retry as r:  # transient: classify, report, back off inside the budget, resume from disk
                 if job.journal.done[seg] > before:
                     attempt = 0  # bytes arrived in this attempt: back off from scratch
                 if job.cancel.is_set() or self.aborted.is_set():
-                    raise _Aborted() from None  # our own abort closed the socket: not a network failure
+                    raise Aborted() from None  # our own abort closed the socket: not a network failure
                 if r.stall:
                     self.tracker.stall(path=path)
                 message = redact(f"{path}: {r.message}", self.secrets)
@@ -410,21 +242,21 @@ class _Session:
                 if self._backoff(job, delay, wake_on_progress=r.retry_after is None):
                     attempt = 0  # another connection got bytes while we slept: the remote is back
 
-    def _backoff(self, job: _Job, delay: float, *, wake_on_progress: bool) -> bool:
-        """Sleep `delay` seconds before a retry. A stop or abort ends it at once (_Aborted); so does
+    def _backoff(self, job: Job, delay: float, *, wake_on_progress: bool) -> bool:
+        """Sleep `delay` seconds before a retry. A stop or abort ends it at once (Aborted); so does
         progress on any other connection of this run after WAKE_FLOOR_SECONDS (returns True), unless
         the server asked for the wait (Retry-After). Without it, each worker's own escalated backoff
         (up to --backoff-max) would hold its piece long after an outage ended."""
         since = self.budget.generation
         floor = min(delay, WAKE_FLOOR_SECONDS) if wake_on_progress else delay
         if job.cancel.wait(floor):
-            raise _Aborted() from None
+            raise Aborted() from None
         woke = delay > floor and self.budget.wait_for_progress(delay - floor, since=since, stop=job.cancel)
         if job.cancel.is_set():
-            raise _Aborted() from None
+            raise Aborted() from None
         return woke
 
-    def _stream_segment(self, job: _Job, seg: int, frontier: HashFrontier) -> None:
+    def _stream_segment(self, job: Job, seg: int, frontier: HashFrontier) -> None:
         journal = job.journal
         entry = job.entry
         size = entry.size
@@ -442,28 +274,28 @@ class _Session:
             headers["Range"] = f"bytes={start}-{last}"
             if _strong_etag(journal.etag) and journal.bytes_done:
                 headers["If-Range"] = str(journal.etag)
-        with self._open(job, headers) as resp:
+        with self.http.open(job, headers) as resp:
             etag = resp.headers.get("etag")
             length_header = resp.headers.get("content-length")
             length = int(length_header) if length_header and length_header.isdigit() else None
             if journal.etag and etag and etag != journal.etag:
-                raise _Restart("changed", f"ETag changed ({journal.etag} -> {etag})")
+                raise Restart("changed", f"ETag changed ({journal.etag} -> {etag})")
             if resp.status_code == 206:
                 m = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
                 if not m:
-                    raise _Retry("reset", "206 without a valid Content-Range")
+                    raise Retry("reset", "206 without a valid Content-Range")
                 first, final, total = int(m.group(1)), int(m.group(2)), m.group(3)
                 if total != "*" and int(total) != size:
-                    raise _Restart("changed", f"size on the hub is {total}, the plan says {size}")
+                    raise Restart("changed", f"size on the hub is {total}, the plan says {size}")
                 if first != start or final < first or final > last:
-                    raise _Restart("range_ignored", f"asked bytes {start}-{last}, got {first}-{final}")
+                    raise Restart("range_ignored", f"asked bytes {start}-{last}, got {first}-{final}")
                 limit = final + 1
             elif resp.status_code == 200:
                 if length is not None and length != size:
-                    raise _Restart("changed", f"size on the hub is {length}, the plan says {size}")
+                    raise Restart("changed", f"size on the hub is {length}, the plan says {size}")
                 if not journal.no_range:
                     if start != 0 or len(journal.segments) != 1:
-                        raise _Restart("range_ignored", "server answered 200 to a Range request")
+                        raise Restart("range_ignored", "server answered 200 to a Range request")
                     # A fresh single stream got the whole file anyway: take it, remember not to resume.
                     journal.mark_no_range()
                     log.info("fetch %s: server ignores Range; this file will restart from 0 if interrupted",
@@ -479,7 +311,7 @@ class _Session:
                 journal.record_etag(etag)
             self._consume(job, seg, frontier, resp, start=start, limit=limit)
 
-    def _consume(self, job: _Job, seg: int, frontier: HashFrontier, resp: httpx2.Response, *,
+    def _consume(self, job: Job, seg: int, frontier: HashFrontier, resp: httpx2.Response, *,
                  start: int, limit: int) -> None:
         """Write the body at [start, limit) in ~1 MiB chunks, advancing the offset after each write."""
         journal = job.journal
@@ -526,134 +358,13 @@ class _Session:
                 break
         flush()
         if job.cancel.is_set() or self.aborted.is_set():
-            raise _Aborted()
+            raise Aborted()
         if overflow:
-            raise _Restart("changed", "server sent more bytes than the plan's size")
+            raise Restart("changed", "server sent more bytes than the plan's size")
         if error is not None:
-            raise _classify(error, what=path, stall_timeout=self.config.stall_timeout)
+            raise classify(error, what=path, stall_timeout=self.config.stall_timeout)
         if pos < limit:
-            raise _Retry("reset", f"body ended after {pos - start} of {limit - start} bytes")
-
-    # ---- HTTP -------------------------------------------------------------------------------
-    def _cached_url(self, path: str) -> str | None:
-        with self._urls_lock:
-            return self._urls.get(path)
-
-    def _cache_url(self, path: str, url: str | None, *, expected: str | None = None) -> None:
-        with self._urls_lock:
-            if url is not None:
-                self._urls[path] = url
-            elif expected is None or self._urls.get(path) == expected:
-                self._urls.pop(path, None)
-
-    @contextmanager
-    def _open(self, job: _Job, headers: dict[str, str]) -> Iterator[httpx2.Response]:
-        """GET the file (hub URL, redirects followed by hand, or the cached CDN URL) -> a 2xx response."""
-        path = job.entry.path
-        cached = self._cached_url(path)
-        if cached is not None:
-            resp = self._send(job, cached, headers, fresh=False)
-        else:
-            with job.resolve_lock:  # parallel segments wait for one resolution instead of all asking the hub
-                cached = self._cached_url(path)
-                if cached is not None:
-                    resp = self._send(job, cached, headers, fresh=False)
-                else:
-                    resp = self._resolve(job, headers)
-        sock = _socket_of(resp)
-        job.register(sock)
-        try:
-            yield resp
-        finally:
-            job.unregister(sock)
-            resp.close()
-
-    def _resolve(self, job: _Job, headers: dict[str, str]) -> httpx2.Response:
-        url = job.hub_url
-        for _ in range(MAX_REDIRECTS + 1):
-            resp = self._request(job, url, headers)
-            if resp.status_code not in _REDIRECTS:
-                self._check_status(job, resp, url=url, fresh=True)
-                return resp
-            location = resp.headers.get("location")
-            resp.close()
-            if not location:
-                raise BadRemoteError(f"redirect without Location for {job.entry.path}")
-            url = urljoin(url, location)
-            self._cache_url(job.entry.path, url)  # the signed URL, reused by other ranges and retries
-        raise BadRemoteError(f"more than {MAX_REDIRECTS} redirects for {job.entry.path}")
-
-    def _send(self, job: _Job, url: str, headers: dict[str, str], *, fresh: bool) -> httpx2.Response:
-        resp = self._request(job, url, headers)
-        if resp.status_code in _REDIRECTS:
-            # A cached URL that redirects again: forget it and resolve from the hub.
-            resp.close()
-            self._cache_url(job.entry.path, None, expected=url)
-            raise _Retry("url_expired", "cached download URL redirected", immediate=True)
-        self._check_status(job, resp, url=url, fresh=fresh)
-        return resp
-
-    def _request(self, job: _Job, url: str, headers: dict[str, str]) -> httpx2.Response:
-        self._check(job)
-        same_origin = _origin(url) == self.hub_origin
-        # The token goes to the hub only; a cross-origin redirect target (the CDN) never sees it.
-        all_headers = {**(self.hub_headers if same_origin else self.cdn_headers), **headers}
-        try:
-            request = self.client.build_request("GET", url, headers=all_headers, timeout=self.timeout,
-                                                extensions={"trace": self._trace})
-            return self.client.send(request, stream=True, follow_redirects=False)
-        except httpx2.HTTPError as exc:  # connect/stall-before-headers/reset: classified, retried
-            raise _classify(exc, what=job.entry.path, stall_timeout=self.config.stall_timeout) from None
-
-    def _check_status(self, job: _Job, resp: httpx2.Response, *, url: str, fresh: bool) -> None:
-        status = resp.status_code
-        if 200 <= status < 300:
-            return
-        path = job.entry.path
-        from_hub = _origin(url) == self.hub_origin
-        retry_after = parse_retry_after(resp.headers.get("retry-after"))
-        error_code = resp.headers.get("x-error-code", "")
-        where = "hub" if from_hub else f"CDN {strip_query(url)}"
-        resp.close()
-        if status == 429:
-            raise _Retry("http_429", f"HTTP 429 from the {where}", retry_after=retry_after)
-        if status >= 500:
-            raise _Retry("http_5xx", f"HTTP {status} from the {where}", retry_after=retry_after)
-        if status == 408:
-            raise _Retry("timeout", f"HTTP 408 from the {where}")
-        if status == 416:
-            raise _Restart("changed", f"HTTP 416 (range not satisfiable) from the {where}")
-        if not from_hub and status in (401, 403, 404, 410):
-            self._cache_url(path, None, expected=url)
-            if status in (404, 410) and fresh:
-                raise BadRemoteError(f"the CDN answered {status} for {path} right after the hub redirected to it")
-            # A signed URL expired (or was refused): resolve it again from the hub.
-            raise _Retry("url_expired", f"HTTP {status} from the {where}", immediate=True)
-        if status == 404:
-            what = error_code or "EntryNotFound"
-            raise NotFoundError(f"{self.plan.repo_id}@{self.plan.commit[:12]}: {path}: {what} (HTTP 404)",
-                                repo_id=self.plan.repo_id, revision=self.plan.revision, path=path)
-        if status in (401, 403):
-            hint = "" if self.config.token else " (no token configured: set HF_TOKEN or --token-file)"
-            raise UnauthorizedError(f"{self.plan.repo_id}: HTTP {status} for {path}{hint}",
-                                    repo_id=self.plan.repo_id, status=status)
-        raise BadRemoteError(f"unexpected HTTP {status} from the {where} for {path}",
-                             detail=error_code or None)
-
-
-def _socket_of(resp: httpx2.Response) -> socket.socket | None:
-    return _socket_of_stream(resp.extensions.get("network_stream"))
-
-
-def _socket_of_stream(stream: Any) -> socket.socket | None:
-    if stream is None:
-        return None
-    try:
-        sock = stream.get_extra_info("socket")
-    except Exception:  # noqa: BLE001 - an exotic transport without the extra: abort falls back to chunk boundaries
-        return None
-    return sock if isinstance(sock, socket.socket) else None
-
+            raise Retry("reset", f"body ended after {pos - start} of {limit - start} bytes")
 
 # ---- public entry point ---------------------------------------------------------------------
 def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, config: Config, state_dir: Path,
@@ -685,11 +396,11 @@ def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, config: Config, sta
                 if exc is None:
                     fetched = fut.result()
                     results[fetched.entry.path] = fetched
-                elif not isinstance(exc, _Aborted) and first_error is None:
+                elif not isinstance(exc, Aborted) and first_error is None:
                     first_error = exc
                     log.error("fetch %s failed: %s", futures[fut].path, redact(str(exc), session.secrets))
                     session.abort()  # the others flush their journals and stop
-                elif isinstance(exc, _Aborted):
+                elif isinstance(exc, Aborted):
                     stopped = True
             if stop.is_set() and not session.aborted.is_set():
                 log.warning("fetch: stop requested; flushing partial data")

@@ -42,9 +42,9 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub import get_cached_repo_tree, snapshot_download
 from huggingface_hub.utils import tqdm as hf_tqdm
 
-from .config import Config
-from .context import call_interruptible, interrupted
-from .errors import (
+from ..config import Config
+from ..context import call_interruptible, interrupted
+from ..errors import (
     BadRemoteError,
     Interrupted,
     LocalIOError,
@@ -55,11 +55,11 @@ from .errors import (
     TransientError,
     UnauthorizedError,
 )
-from .manifest import FileEntry, Plan
-from .plan import _install_hub_client, transport_error
-from .progress import Tracker
-from .redact import redact
-from .retry import RetryBudget, parse_retry_after
+from ..manifest import FileEntry, Plan
+from ..plan import _install_hub_client, transport_error
+from ..progress import Tracker
+from ..redact import redact
+from ..retry import RetryBudget, parse_retry_after
 
 log = logging.getLogger("provisioner.hubengine")
 
