@@ -23,7 +23,7 @@ from typing import Any
 
 from . import marker
 from .config import Config, read_token
-from .context import Stop, check_stop
+from .context import RunContext, Stop, check_stop
 from .errors import (
     Interrupted,
     LocalIOError,
@@ -107,6 +107,7 @@ class _Run:
         self.target = Path(config.target)
         self.state_dir = marker.state_dir(self.target)
         self.budget = RetryBudget(config.retry_budget)
+        self.ctx = RunContext(config=config, tracker=tracker, budget=self.budget, stop=stop)
         self.started = time.time()
         self.t0 = time.monotonic()
         self.kube: Any = None
@@ -132,7 +133,7 @@ class _Run:
         self.tracker.set_phase(Phase.PLANNING)
         from .plan import build_plan
 
-        plan = build_plan(cfg, budget=self.budget, tracker=self.tracker, stop=self.stop)
+        plan = build_plan(self.ctx)
         self._check_stop()
         coordinator = self._coordinator()
         with coordinator.hold(key=f"{plan.repo_id}@{plan.commit}", tracker=self.tracker, stop=self.stop):
@@ -191,7 +192,8 @@ class _Run:
 
         quick = RetryBudget(min(cfg.api_timeout, 10.0))  # don't hold a restart hostage to a flaky hub
         try:
-            commit = resolve_commit(dataclasses.replace(cfg, retry_budget=quick.seconds), budget=quick, stop=self.stop)
+            commit = resolve_commit(RunContext(config=dataclasses.replace(cfg, retry_budget=quick.seconds),
+                                               tracker=self.tracker, budget=quick, stop=self.stop))
         except (NotFoundError, UnauthorizedError) as exc:
             log.warning("hub refused the revision check (%s); serving the verified copy", redact(str(exc)))
             return self._result_from_marker(check.marker, waited_for=None)
@@ -303,8 +305,7 @@ class _Run:
     def _fetch_native(self, plan: Plan, todo: list[FileEntry]) -> tuple[list[tuple[FileEntry, str, str]], float]:
         from .fetch import clear_journal, discard_partial, fetch_files
 
-        fetched = fetch_files(plan, todo, config=self.config, state_dir=self.state_dir, tracker=self.tracker,
-                              budget=self.budget, stop=self.stop)
+        fetched = fetch_files(plan, todo, ctx=self.ctx, state_dir=self.state_dir)
         bad: list[tuple[FileEntry, str, str]] = []
         t = time.monotonic()
         for entry in todo:
@@ -319,11 +320,11 @@ class _Run:
         return bad, time.monotonic() - t
 
     def _fetch_hub(self, plan: Plan, todo: list[FileEntry]) -> tuple[list[tuple[FileEntry, str, str]], float]:
-        from .fetch.hub import fetch_with_hub
+        from .fetch import fetch_with_hub
 
         for entry in todo:
             self._safe_final_path(entry)
-        fetch_with_hub(plan, todo, config=self.config, tracker=self.tracker, budget=self.budget, stop=self.stop)
+        fetch_with_hub(plan, todo, ctx=self.ctx, state_dir=self.state_dir)
         bad: list[tuple[FileEntry, str, str]] = []
         t = time.monotonic()
         if self.config.verify != "none":

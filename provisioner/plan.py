@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .context import call_interruptible, interrupted
+from .context import RunContext, call_interruptible, interrupted
 from .errors import (
     BadRemoteError,
     Interrupted,
@@ -29,9 +28,8 @@ from .errors import (
 )
 from .manifest import FileEntry, Plan
 from .marker import STATE_DIR_NAME
-from .progress import Tracker
 from .redact import redact
-from .retry import RetryBudget, parse_retry_after
+from .retry import parse_retry_after
 
 log = logging.getLogger("provisioner.plan")
 
@@ -114,8 +112,12 @@ def transport_error(exc: BaseException, *, what: str) -> TransientError | None:
     return None
 
 
-def call_with_retries(fn: Callable[[], Any], *, what: str, repo_id: str, revision: str, budget: RetryBudget,
-                      tracker: Tracker | None, stop: threading.Event, backoff_max: float) -> Any:
+def call_with_retries(fn: Callable[[], Any], *, ctx: RunContext, what: str, repo_id: str, revision: str,
+                      record_retries: bool = True) -> Any:
+    """Call `fn` until it succeeds, retrying transient hub errors within the run's budget.
+    `record_retries=False`: the retries are not the run's (a quick side check), so the tracker is not told."""
+    budget, stop, tracker = ctx.budget, ctx.stop, (ctx.tracker if record_retries else None)
+    backoff_max = ctx.config.backoff_max
     attempt = 0
     while True:
         try:
@@ -136,10 +138,10 @@ def call_with_retries(fn: Callable[[], Any], *, what: str, repo_id: str, revisio
                 raise interrupted(stop) from None
 
 
-def fetch_model_info(config: Config, *, revision: str, budget: RetryBudget, tracker: Tracker | None,
-                     stop: threading.Event) -> Any:
+def fetch_model_info(ctx: RunContext, *, revision: str, record_retries: bool = True) -> Any:
     from huggingface_hub import HfApi
 
+    config = ctx.config
     _install_hub_client(connect_timeout=config.connect_timeout, api_timeout=config.api_timeout)
     from . import __version__
 
@@ -147,19 +149,20 @@ def fetch_model_info(config: Config, *, revision: str, budget: RetryBudget, trac
                 library_version=__version__)
     return call_with_retries(
         lambda: api.model_info(config.repo_id, revision=revision, files_metadata=True, timeout=config.api_timeout),
-        what="model_info", repo_id=config.repo_id, revision=revision, budget=budget, tracker=tracker, stop=stop,
-        backoff_max=config.backoff_max,
+        ctx=ctx, what="model_info", repo_id=config.repo_id, revision=revision, record_retries=record_retries,
     )
 
 
-def resolve_commit(config: Config, *, budget: RetryBudget, stop: threading.Event) -> str:
-    """Just the commit sha of the requested revision (used to see whether a warm marker is current)."""
-    info = fetch_model_info(config, revision=config.revision, budget=budget, tracker=None, stop=stop)
+def resolve_commit(ctx: RunContext) -> str:
+    """Just the commit sha of the requested revision (used to see whether a warm marker is current).
+    Its retries are not recorded in `ctx.tracker`: a side check, not the run's download."""
+    info = fetch_model_info(ctx, revision=ctx.config.revision, record_retries=False)
     return _checked_commit(getattr(info, "sha", None))
 
 
-def build_plan(config: Config, *, budget: RetryBudget, tracker: Tracker | None, stop: threading.Event) -> Plan:
-    info = fetch_model_info(config, revision=config.revision, budget=budget, tracker=tracker, stop=stop)
+def build_plan(ctx: RunContext) -> Plan:
+    config = ctx.config
+    info = fetch_model_info(ctx, revision=config.revision)
     commit = _checked_commit(getattr(info, "sha", None))
     siblings = getattr(info, "siblings", None)
     if siblings is None:

@@ -17,14 +17,40 @@ hubapi and hubclient; never plan (a higher stage), api or cli.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
 from .engine import FetchedFile, fetch_files, make_client
 from .journal import clear_journal, discard_partial, part_key, partial_bytes_on_disk, prune_partials
 
+if TYPE_CHECKING:
+    from ..context import RunContext
+    from ..manifest import FileEntry, Plan
+
+
+class Engine(Protocol):
+    """What `api` calls for `--engine native` and `--engine hub`."""
+
+    def __call__(self, plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext,
+                 state_dir: Path) -> dict[str, FetchedFile]: ...
+
+
+def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext,
+                   state_dir: Path) -> dict[str, FetchedFile]:
+    """`--engine hub` (see hub.py). Imported on first use: huggingface_hub's download stack is large."""
+    from .hub import fetch_with_hub as run
+
+    return run(plan, entries, ctx=ctx, state_dir=state_dir)
+
+
 __all__ = [
+    "Engine",
     "FetchedFile",
     "clear_journal",
     "discard_partial",
     "fetch_files",
+    "fetch_with_hub",
     "make_client",
     "part_key",
     "partial_bytes_on_disk",

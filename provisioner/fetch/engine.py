@@ -35,13 +35,10 @@ from pathlib import Path
 import httpx2
 from huggingface_hub import hf_hub_url
 
-from ..config import Config
-from ..context import interrupted
+from ..context import RunContext, interrupted
 from ..errors import BadRemoteError, ProvisionerError, TransientError
 from ..manifest import FileEntry, Plan
-from ..progress import Tracker
 from ..redact import redact
-from ..retry import RetryBudget
 from ..verify import Digests, wanted_digests
 from .frontier import HashFrontier
 from .http import Aborted, HubHttp, Job, Restart, Retry, classify, make_client
@@ -76,13 +73,14 @@ def _strong_etag(etag: str | None) -> bool:
 class _Session:
     """State shared by all workers of one `fetch_files` call."""
 
-    def __init__(self, plan: Plan, *, config: Config, state_dir: Path, tracker: Tracker, budget: RetryBudget,
-                 client: httpx2.Client) -> None:
+    def __init__(self, plan: Plan, *, ctx: RunContext, state_dir: Path, client: httpx2.Client) -> None:
+        config = ctx.config
         self.plan = plan
+        self.ctx = ctx
         self.config = config
         self.state_dir = Path(state_dir)
-        self.tracker = tracker
-        self.budget = budget
+        self.tracker = ctx.tracker
+        self.budget = ctx.budget
         self.http = HubHttp(plan, config=config, client=client)
         self.secrets = (config.token,) if config.token else ()
         self._jobs: set[Job] = set()
@@ -367,18 +365,18 @@ class _Session:
             raise Retry("reset", f"body ended after {pos - start} of {limit - start} bytes")
 
 # ---- public entry point ---------------------------------------------------------------------
-def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, config: Config, state_dir: Path,
-                tracker: Tracker, budget: RetryBudget, stop: threading.Event,
+def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext, state_dir: Path,
                 client: httpx2.Client | None = None) -> dict[str, FetchedFile]:
     """Download `entries` into `<state_dir>/partial/` and return {path: FetchedFile}.
 
     Raises the first permanent error (NotFoundError, UnauthorizedError, BadRemoteError, NoSpaceError,
     LocalIOError), RetryBudgetExhausted after an outage longer than the budget, or Interrupted when
-    `stop` is set. In every case partial data and offsets are flushed and kept for the next call.
+    `ctx.stop` is set. In every case partial data and offsets are flushed and kept for the next call.
     """
+    config, stop = ctx.config, ctx.stop
     own_client = client is None
     http = make_client(config) if client is None else client
-    session = _Session(plan, config=config, state_dir=state_dir, tracker=tracker, budget=budget, client=http)
+    session = _Session(plan, ctx=ctx, state_dir=state_dir, client=http)
     results: dict[str, FetchedFile] = {}
     first_error: BaseException | None = None
     stopped = False

@@ -6,7 +6,7 @@ What the library decides, and what we do about it (see docs/engines.md):
 
 * Files land at their final paths in `config.target` (local_dir mode). huggingface_hub also writes
   `<target>/.cache/huggingface/` (per-file metadata, locks, the tree listing) and its `refs` into
-  `cache_dir`, which we point at `<target>/.provisioner/hub-cache` so nothing is written outside the
+  `cache_dir`, which we point at `<state_dir>/hub-cache` (`<target>/.provisioner/hub-cache`) so nothing is written outside the
   volume (a readOnlyRootFilesystem works).
 * No partial data survives a failed call: huggingface_hub deletes its `.incomplete` file. Every retry
   of ours restarts the files that had not completed; completed files are not fetched again.
@@ -43,7 +43,7 @@ from huggingface_hub import get_cached_repo_tree, snapshot_download
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 from ..config import Config
-from ..context import call_interruptible, interrupted
+from ..context import RunContext, call_interruptible, interrupted
 from ..errors import (
     BadRemoteError,
     Interrupted,
@@ -60,11 +60,13 @@ from ..plan import _install_hub_client, transport_error
 from ..progress import Tracker
 from ..redact import redact
 from ..retry import RetryBudget, parse_retry_after
+from ..verify import Digests
+from .engine import FetchedFile
 
 log = logging.getLogger("provisioner.hubengine")
 
 HUB_METADATA_DIR = ".cache/huggingface"  # what huggingface_hub writes inside local_dir
-HUB_CACHE_DIR = ".provisioner/hub-cache"  # our cache_dir for the library (it writes refs there)
+HUB_CACHE_NAME = "hub-cache"  # our cache_dir for the library, inside the state folder (it writes refs there)
 _TRANSFER_BAR_NAME = "huggingface_hub.snapshot_download.transfer"
 _TRANSFER_BAR_DESC = "Downloading bytes"
 _MAX_CHAIN = 8
@@ -306,11 +308,12 @@ def _configure_library(config: Config) -> None:
     _install_hub_client(connect_timeout=config.connect_timeout, api_timeout=config.api_timeout)
 
 
-def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, config: Config, sink: _ByteSink,
-                        budget: RetryBudget, stop: threading.Event) -> None:
+def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, ctx: RunContext, cache_dir: Path,
+                        sink: _ByteSink) -> None:
     """Run one snapshot_download call and re-raise what it raised. Stops waiting early when `stop` is set
     (Interrupted) or when the retry budget runs out without a byte arriving (RetryBudgetExhausted): the
     library retries HEAD requests and 5xx answers on its own, for minutes, inside one call."""
+    config, budget = ctx.config, ctx.budget
     target = Path(config.target)
 
     def work() -> None:
@@ -318,7 +321,7 @@ def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, config: Config, sin
             plan.repo_id,
             revision=plan.commit,
             local_dir=target,
-            cache_dir=target / HUB_CACHE_DIR,
+            cache_dir=cache_dir,
             allow_patterns=[glob.escape(p) for p in paths],
             endpoint=plan.endpoint,
             token=config.token or False,  # False: never a token from ~/.cache/huggingface
@@ -335,19 +338,19 @@ def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, config: Config, sin
             budget.check(reason="stall", message="huggingface_hub made no progress (it retries internally)")
 
     try:
-        call_interruptible(work, stop=stop, name="hubengine-snapshot", give_up=give_up)
+        call_interruptible(work, stop=ctx.stop, name="hubengine-snapshot", give_up=give_up)
     except Interrupted:
         sink.abandon()
         raise
 
 
-def _explain_missing(plan: Plan, missing: Sequence[str], *, target: Path) -> ProvisionerError:
+def _explain_missing(plan: Plan, missing: Sequence[str], *, target: Path, cache_dir: Path) -> ProvisionerError:
     """snapshot_download returned, yet files are missing. Either the commit's listing lacks them (it
     skips unknown paths silently: a permanent NotFoundError), or the listing call failed and the library
     fell back to the non-empty local_dir (it returns "successfully" then: transient)."""
     try:
         listed = {f.path for f in get_cached_repo_tree(plan.repo_id, revision=plan.commit, local_dir=target,
-                                                        cache_dir=target / HUB_CACHE_DIR)}
+                                                        cache_dir=cache_dir)}
     except (hf_errors.CachedRepoTreeNotFoundError, OSError, ValueError):  # no usable listing: the hub was not reached
         listed = None
     if listed is not None:
@@ -360,17 +363,22 @@ def _explain_missing(plan: Plan, missing: Sequence[str], *, target: Path) -> Pro
                           reason="api")
 
 
-def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, tracker: Tracker,
-                   budget: RetryBudget, stop: threading.Event) -> None:
-    """Download `entries` of `plan` at `plan.commit` into `config.target` with huggingface_hub.
+def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext,
+                   state_dir: Path) -> dict[str, FetchedFile]:
+    """Download `entries` of `plan` at `plan.commit` into `ctx.config.target` with huggingface_hub.
 
-    Retries transient failures within `budget` (each retry re-requests only the files not yet complete);
-    raises NotFoundError / UnauthorizedError / NoSpaceError / LocalIOError / BadRemoteError at once,
-    RetryBudgetExhausted once the budget is spent, Interrupted when `stop` is set.
+    Returns {path: FetchedFile} where `part_path` is the file's final path and the digests are not
+    computed (all ""): the caller hashes the files in place. The library's cache_dir is
+    `<state_dir>/hub-cache`. Retries transient failures within the budget (each retry re-requests only
+    the files not yet complete); raises NotFoundError / UnauthorizedError / NoSpaceError / LocalIOError /
+    BadRemoteError at once, RetryBudgetExhausted once the budget is spent, Interrupted when `ctx.stop`
+    is set.
     """
+    config, tracker, budget, stop = ctx.config, ctx.tracker, ctx.budget, ctx.stop
     if not entries:
-        return
+        return {}
     target = Path(config.target)
+    cache_dir = Path(state_dir) / HUB_CACHE_NAME
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a read-only or missing volume: nothing can be downloaded
@@ -386,7 +394,7 @@ def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, 
         sink.new_attempt()
         error: ProvisionerError | None = None
         try:
-            _snapshot_in_thread(plan, list(pending), config=config, sink=sink, budget=budget, stop=stop)
+            _snapshot_in_thread(plan, list(pending), ctx=ctx, cache_dir=cache_dir, sink=sink)
         except (Interrupted, RetryBudgetExhausted):
             raise
         except _StopRequested:  # the hook saw `stop` before the waiting loop did
@@ -405,9 +413,11 @@ def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, 
             del pending[path]
 
         if error is None and pending:
-            error = _explain_missing(plan, list(pending), target=target)
+            error = _explain_missing(plan, list(pending), target=target, cache_dir=cache_dir)
         if error is None:
-            return
+            return {e.path: FetchedFile(entry=e, part_path=target / e.path,
+                                        digests=Digests(size=e.size, sha256="", blob_sha1=""))
+                    for e in entries}
         if not isinstance(error, TransientError):
             raise error
         if sink.received_this_attempt or completed:
@@ -427,4 +437,4 @@ def hub_metadata_dir(target: Path) -> Path:
     return Path(target) / HUB_METADATA_DIR
 
 
-__all__ = ["HUB_CACHE_DIR", "HUB_METADATA_DIR", "classify_download_error", "fetch_with_hub", "hub_metadata_dir"]
+__all__ = ["HUB_CACHE_NAME", "HUB_METADATA_DIR", "classify_download_error", "fetch_with_hub", "hub_metadata_dir"]
