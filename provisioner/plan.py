@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .context import RunContext, call_interruptible, interrupted
+from .context import RunContext, call_interruptible
 from .errors import (
     BadRemoteError,
     Interrupted,
@@ -29,7 +29,7 @@ from .errors import (
 from .manifest import FileEntry, Plan
 from .marker import STATE_DIR_NAME
 from .redact import redact
-from .retry import parse_retry_after
+from .retry import parse_retry_after, retry_step
 
 log = logging.getLogger("provisioner.plan")
 
@@ -116,26 +116,21 @@ def call_with_retries(fn: Callable[[], Any], *, ctx: RunContext, what: str, repo
                       record_retries: bool = True) -> Any:
     """Call `fn` until it succeeds, retrying transient hub errors within the run's budget.
     `record_retries=False`: the retries are not the run's (a quick side check), so the tracker is not told."""
-    budget, stop, tracker = ctx.budget, ctx.stop, (ctx.tracker if record_retries else None)
-    backoff_max = ctx.config.backoff_max
     attempt = 0
     while True:
         try:
-            return call_interruptible(fn, stop=stop, name="hub-api")
+            return call_interruptible(fn, stop=ctx.stop, name="hub-api")
+        except Interrupted:
+            raise
         except Exception as exc:  # classified below: permanent errors re-raise, transient ones retry
-            if isinstance(exc, Interrupted):
-                raise
             err = classify_hub_error(exc, repo_id=repo_id, revision=revision)
             if not isinstance(err, TransientError):
                 raise err from None
-            budget.check(reason=err.reason, message=f"{what}: {err}")
-            delay = budget.delay(attempt=attempt, cap=backoff_max, retry_after=err.retry_after)
-            if tracker is not None:
-                tracker.retry(reason=err.reason, path=None, delay=delay, message=redact(f"{what}: {err}"))
-            log.warning("retrying %s in %.1fs: %s", what, delay, redact(str(err)))
-            attempt += 1
-            if stop.wait(delay):
-                raise interrupted(stop) from None
+        delay = retry_step(ctx, reason=err.reason, message=redact(f"{what}: {err}"), attempt=attempt,
+                           retry_after=err.retry_after, record=record_retries)
+        log.warning("retrying %s in %.1fs: %s", what, delay, redact(str(err)))
+        attempt += 1
+        ctx.pause(delay)
 
 
 def fetch_model_info(ctx: RunContext, *, revision: str, record_retries: bool = True) -> Any:

@@ -39,6 +39,7 @@ from ..context import RunContext, interrupted
 from ..errors import BadRemoteError, ProvisionerError, TransientError
 from ..manifest import FileEntry, Plan
 from ..redact import redact
+from ..retry import retry_step
 from ..verify import Digests, wanted_digests
 from .frontier import HashFrontier
 from .http import Aborted, HubHttp, Job, Restart, Retry, classify, make_client
@@ -228,12 +229,8 @@ class _Session:
                 if r.stall:
                     self.tracker.stall(path=path)
                 message = redact(f"{path}: {r.message}", self.secrets)
-                self.budget.check(reason=r.reason, message=message)
-                if r.immediate and attempt == 0:
-                    delay = 0.0
-                else:
-                    delay = self.budget.delay(attempt=attempt, cap=self.config.backoff_max, retry_after=r.retry_after)
-                self.tracker.retry(reason=r.reason, path=path, delay=delay, message=message)
+                delay = retry_step(self.ctx, reason=r.reason, message=message, attempt=attempt,
+                                   retry_after=r.retry_after, path=path, immediate=r.immediate and attempt == 0)
                 log.warning("fetch %s: %s; retrying in %.2fs (from byte %d)", path, message, delay,
                             job.journal.segments[seg][0] + job.journal.done[seg])
                 attempt += 1

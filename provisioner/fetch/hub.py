@@ -59,7 +59,7 @@ from ..manifest import FileEntry, Plan
 from ..plan import _install_hub_client, transport_error
 from ..progress import Tracker
 from ..redact import redact
-from ..retry import RetryBudget, parse_retry_after
+from ..retry import RetryBudget, parse_retry_after, retry_step
 from ..verify import Digests
 from .engine import FetchedFile
 
@@ -423,18 +423,10 @@ def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext,
         if sink.received_this_attempt or completed:
             attempt = 0  # progress was made: start the backoff over
         message = redact(str(error))
-        budget.check(reason=error.reason, message=message)
-        delay = budget.delay(attempt=attempt, cap=config.backoff_max, retry_after=error.retry_after)
-        tracker.retry(reason=error.reason, path=None, delay=delay, message=message)
+        delay = retry_step(ctx, reason=error.reason, message=message, attempt=attempt, retry_after=error.retry_after)
         log.warning("hub engine: retrying in %.1fs (%d file(s) left): %s", delay, len(pending), message)
         attempt += 1
-        if stop.wait(delay):
-            raise interrupted(stop)
+        ctx.pause(delay)
 
 
-def hub_metadata_dir(target: Path) -> Path:
-    """Where huggingface_hub keeps its local_dir metadata (excluded from the app's view of the model)."""
-    return Path(target) / HUB_METADATA_DIR
-
-
-__all__ = ["HUB_CACHE_NAME", "HUB_METADATA_DIR", "classify_download_error", "fetch_with_hub", "hub_metadata_dir"]
+__all__ = ["HUB_CACHE_NAME", "HUB_METADATA_DIR", "classify_download_error", "fetch_with_hub"]
