@@ -20,7 +20,8 @@ from provisioner.errors import (
     UnauthorizedError,
 )
 from provisioner.fetch import fetch_with_hub as _fetch
-from provisioner.fetch.hub import HUB_METADATA_DIR, classify_download_error
+from provisioner.fetch.hub import HUB_METADATA_DIR
+from provisioner.hubapi import classify_download_error
 from provisioner.manifest import FileEntry, Plan
 from provisioner.progress import Tracker
 from provisioner.retry import RetryBudget

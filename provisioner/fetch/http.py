@@ -15,13 +15,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx2
 from huggingface_hub.utils import build_hf_headers
 
 from ..config import Config
 from ..errors import BadRemoteError, NotFoundError, ProvisionerError, UnauthorizedError
+from ..hubapi import origin
 from ..manifest import FileEntry, Plan
 from ..redact import redact, strip_query
 from ..retry import parse_retry_after
@@ -29,12 +30,6 @@ from .journal import Journal
 
 MAX_REDIRECTS = 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
 # ---- how one request can end, besides a 2xx ---------------------------------------------------
