@@ -19,6 +19,11 @@ Design in brief (docs/design.md has the on-disk layout):
 * every failure is classified into a low-cardinality reason and retried inside the shared
   `RetryBudget`; permanent ones (404, 401/403 from the hub, other 4xx, local I/O) fail fast and
   stop all other workers, which flush their journals first.
+
+Read top-down: `fetch_files` (files in parallel) -> `_Session.fetch_file` (one file, restarts) ->
+`_fetch_segments_parallel` / `_fetch_segment` (pieces, retries) -> `_stream_segment` (one response)
+-> `_consume` (the write loop). Imports context, errors, manifest, redact, retry, verify and this
+package's http, journal and frontier.
 """
 
 from __future__ import annotations
@@ -62,9 +67,69 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECA
 
 @dataclass(frozen=True)
 class FetchedFile:
+    """One fetched file: where its bytes are and the digests computed on the way ("" where not computed)."""
+
     entry: FileEntry
     part_path: Path
     digests: Digests
+
+
+# ---- public entry point ---------------------------------------------------------------------
+def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext, state_dir: Path,
+                client: httpx2.Client | None = None) -> dict[str, FetchedFile]:
+    """Download `entries` into `<state_dir>/partial/` and return {path: FetchedFile}.
+
+    Raises the first permanent error (NotFoundError, UnauthorizedError, BadRemoteError, NoSpaceError,
+    LocalIOError), RetryBudgetExhausted after an outage longer than the budget, or Interrupted when
+    `ctx.stop` is set. In every case partial data and offsets are flushed and kept for the next call.
+    """
+    config, stop = ctx.config, ctx.stop
+    own_client = client is None
+    http = make_client(config) if client is None else client
+    session = _Session(plan, ctx=ctx, state_dir=state_dir, client=http)
+    results: dict[str, FetchedFile] = {}
+    first_error: BaseException | None = None
+    stopped = False
+    aborted_at: float | None = None
+    order = sorted(entries, key=lambda e: e.size, reverse=True)  # big files first: shortest makespan
+    pool = ThreadPoolExecutor(max_workers=max(1, config.max_workers), thread_name_prefix="fetch")
+    try:
+        futures = {pool.submit(session.fetch_file, e): e for e in order}
+        pending: set[Future[FetchedFile]] = set(futures)
+        while pending:
+            # timeout: wake up to notice the external stop event (set by a signal handler)
+            done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            for fut in done:
+                exc = fut.exception()
+                if exc is None:
+                    fetched = fut.result()
+                    results[fetched.entry.path] = fetched
+                elif not isinstance(exc, Aborted) and first_error is None:
+                    first_error = exc
+                    log.error("fetch %s failed: %s", futures[fut].path, redact(str(exc), session.secrets))
+                    session.abort()  # the others flush their journals and stop
+                elif isinstance(exc, Aborted):
+                    stopped = True
+            if stop.is_set() and not session.aborted.is_set():
+                log.warning("fetch: stop requested; flushing partial data")
+                session.abort()
+            if session.aborted.is_set():
+                now = time.monotonic()
+                aborted_at = now if aborted_at is None else aborted_at
+                if now - aborted_at >= ABORT_GRACE_SECONDS:
+                    session.abort(hard=True)  # wake workers blocked in a stalled read
+    except BaseException:  # KeyboardInterrupt in the caller's thread: stop the workers before leaving
+        session.abort(hard=True)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if own_client:
+            http.close()
+    if first_error is not None:
+        raise first_error
+    if stopped or len(results) < len(order):
+        raise interrupted(stop)
+    return results
 
 
 def _strong_etag(etag: str | None) -> bool:
@@ -360,60 +425,3 @@ class _Session:
             raise classify(error, what=path, stall_timeout=self.config.stall_timeout)
         if pos < limit:
             raise Retry("reset", f"body ended after {pos - start} of {limit - start} bytes")
-
-# ---- public entry point ---------------------------------------------------------------------
-def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext, state_dir: Path,
-                client: httpx2.Client | None = None) -> dict[str, FetchedFile]:
-    """Download `entries` into `<state_dir>/partial/` and return {path: FetchedFile}.
-
-    Raises the first permanent error (NotFoundError, UnauthorizedError, BadRemoteError, NoSpaceError,
-    LocalIOError), RetryBudgetExhausted after an outage longer than the budget, or Interrupted when
-    `ctx.stop` is set. In every case partial data and offsets are flushed and kept for the next call.
-    """
-    config, stop = ctx.config, ctx.stop
-    own_client = client is None
-    http = make_client(config) if client is None else client
-    session = _Session(plan, ctx=ctx, state_dir=state_dir, client=http)
-    results: dict[str, FetchedFile] = {}
-    first_error: BaseException | None = None
-    stopped = False
-    aborted_at: float | None = None
-    order = sorted(entries, key=lambda e: e.size, reverse=True)  # big files first: shortest makespan
-    pool = ThreadPoolExecutor(max_workers=max(1, config.max_workers), thread_name_prefix="fetch")
-    try:
-        futures = {pool.submit(session.fetch_file, e): e for e in order}
-        pending: set[Future[FetchedFile]] = set(futures)
-        while pending:
-            # timeout: wake up to notice the external stop event (set by a signal handler)
-            done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-            for fut in done:
-                exc = fut.exception()
-                if exc is None:
-                    fetched = fut.result()
-                    results[fetched.entry.path] = fetched
-                elif not isinstance(exc, Aborted) and first_error is None:
-                    first_error = exc
-                    log.error("fetch %s failed: %s", futures[fut].path, redact(str(exc), session.secrets))
-                    session.abort()  # the others flush their journals and stop
-                elif isinstance(exc, Aborted):
-                    stopped = True
-            if stop.is_set() and not session.aborted.is_set():
-                log.warning("fetch: stop requested; flushing partial data")
-                session.abort()
-            if session.aborted.is_set():
-                now = time.monotonic()
-                aborted_at = now if aborted_at is None else aborted_at
-                if now - aborted_at >= ABORT_GRACE_SECONDS:
-                    session.abort(hard=True)  # wake workers blocked in a stalled read
-    except BaseException:  # KeyboardInterrupt in the caller's thread: stop the workers before leaving
-        session.abort(hard=True)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if own_client:
-            http.close()
-    if first_error is not None:
-        raise first_error
-    if stopped or len(results) < len(order):
-        raise interrupted(stop)
-    return results

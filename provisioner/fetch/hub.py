@@ -23,6 +23,10 @@ What the library decides, and what we do about it (see docs/engines.md):
 * Stop: snapshot_download cannot be cancelled, so it runs in a daemon thread. When `stop` is set we
   raise `Interrupted` at once; the progress hook makes the worker threads abandon their downloads at
   their next chunk (huggingface_hub then deletes their `.incomplete` files).
+
+Same interface as the native engine (`fetch_with_hub(plan, entries, *, ctx, state_dir)`). Imports
+context, errors, hubapi, hubclient, manifest, progress, redact, retry, verify and fetch.engine (for
+`FetchedFile`); the logger keeps its old name, `provisioner.hubengine`, so log filters keep working.
 """
 
 from __future__ import annotations
