@@ -56,3 +56,6 @@ __all__ = [
     "partial_bytes_on_disk",
     "prune_partials",
 ]
+
+if TYPE_CHECKING:  # mypy checks that both engines fit the one interface
+    _ENGINES: tuple[Engine, Engine] = (fetch_files, fetch_with_hub)
