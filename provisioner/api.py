@@ -111,7 +111,7 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
             return _result_from_marker(ctx, served, target=target, clock=clock, waited_for=None)
     place.prepare_target(target)
     tracker.set_phase(Phase.PLANNING)
-    plan = build_plan(cfg, budget=ctx.budget, tracker=tracker, stop=ctx.stop)
+    plan = build_plan(ctx)
     ctx.check_stop()
     if cfg.verify == "full" and needs_smoke_test(f.path for f in plan.files):
         check_smoke_dependencies()  # a missing `embed` extra is a config error, found before any byte is fetched

@@ -90,3 +90,8 @@ class RunContext:
 
     def check_stop(self) -> None:
         check_stop(self.stop)
+
+    def pause(self, seconds: float) -> None:
+        """Wait `seconds` before a retry; raise `Interrupted` at once if a stop is requested meanwhile."""
+        if self.stop.wait(seconds):
+            raise interrupted(self.stop)

@@ -1,8 +1,10 @@
 """Stage 1 — plan: resolve the revision to a commit and list every file with its size and hash.
 
 Uses huggingface_hub's `HfApi.model_info(files_metadata=True)` (one call gives the commit,
-sizes, LFS sha256 and git blob ids), with timeouts and retries that the library does not set
-for API calls. Every path from the hub is checked before it can name a file on disk.
+sizes, LFS sha256 and git blob ids), with timeouts (hubclient) and retries (retry.retry_step,
+errors classified by hubapi) that the library does not set for API calls. Every path from the hub
+is checked before it can name a file on disk. Takes one `RunContext`; imports context, errors,
+hubapi, hubclient, manifest, marker, redact and retry, never a later stage.
 """
 
 from __future__ import annotations
@@ -11,27 +13,24 @@ import logging
 import posixpath
 import re
 import shutil
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .context import call_interruptible, interrupted
+from .context import RunContext, call_interruptible
 from .errors import (
     BadRemoteError,
     Interrupted,
     NoSpaceError,
     NotFoundError,
-    ProvisionerError,
     TransientError,
-    UnauthorizedError,
 )
+from .hubapi import classify_api_error
+from .hubclient import configure_api
 from .manifest import FileEntry, Plan
 from .marker import STATE_DIR_NAME
-from .progress import Tracker
 from .redact import redact
-from .retry import RetryBudget, parse_retry_after
+from .retry import retry_step
 
 log = logging.getLogger("provisioner.plan")
 
@@ -42,124 +41,52 @@ _SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 # Weight formats sentence-transformers / transformers do not load; skipped unless --include names them.
 DEFAULT_SKIPPED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
-_client_lock = threading.Lock()
-_client_key: tuple[float, float] | None = None
-
-
-def _install_hub_client(*, connect_timeout: float, api_timeout: float) -> None:
-    """huggingface_hub's shared client has timeout=None: API calls can hang forever on a stalled hub.
-    Replace its factory with one that has connect and read timeouts (downloads set their own)."""
-    global _client_key
-    key = (connect_timeout, api_timeout)
-    with _client_lock:
-        if _client_key == key:
-            return
-        import httpx2
-        from huggingface_hub import set_client_factory
-        from huggingface_hub.utils._http import hf_request_event_hook
-
-        def factory() -> httpx2.Client:
-            return httpx2.Client(
-                event_hooks={"request": [hf_request_event_hook]},
-                follow_redirects=True,
-                timeout=httpx2.Timeout(api_timeout, connect=connect_timeout),
-            )
-
-        set_client_factory(factory)
-        _client_key = key
-
-
-def classify_hub_error(exc: BaseException, *, repo_id: str, revision: str) -> ProvisionerError:
-    """Map a huggingface_hub / httpx2 exception to ours: permanent errors fail fast, the rest retry."""
-    from huggingface_hub import errors as hf_errors
-
-    if isinstance(exc, ProvisionerError):
-        return exc
-    if isinstance(exc, hf_errors.RevisionNotFoundError):
-        return NotFoundError(f"revision {revision!r} not found in {repo_id}", repo_id=repo_id, revision=revision)
-    if isinstance(exc, hf_errors.GatedRepoError):
-        status = exc.response.status_code if exc.response is not None else 403
-        return UnauthorizedError(f"{repo_id} is gated: the token has no access (HTTP {status})",
-                                 repo_id=repo_id, status=status)
-    if isinstance(exc, hf_errors.HfHubHTTPError) and exc.response is not None:
-        status = exc.response.status_code
-        if status in (401, 403):
-            return UnauthorizedError(f"not authorized for {repo_id} (HTTP {status}): check HF_TOKEN / token-file",
-                                     repo_id=repo_id, status=status)
-        if isinstance(exc, hf_errors.RepositoryNotFoundError) or status == 404:
-            return NotFoundError(f"repository {repo_id} not found (or private without a token)", repo_id=repo_id)
-        if status == 429 or status >= 500:
-            reason = "http_429" if status == 429 else "http_5xx"
-            return TransientError(f"hub API answered HTTP {status}", reason=reason,
-                                  retry_after=parse_retry_after(exc.response.headers.get("Retry-After")))
-        return BadRemoteError(f"hub API answered HTTP {status} for {repo_id}", detail=redact(str(exc))[:300])
-    transport = transport_error(exc, what="hub API")
-    if transport is not None:
-        return transport
-    if isinstance(exc, ValueError | KeyError | TypeError):  # JSON decode / missing fields in the answer
-        return BadRemoteError("malformed answer from the hub API", detail=redact(str(exc))[:300])
-    return TransientError(f"hub API call failed: {redact(str(exc))[:200]}", reason="api")
-
-
-def transport_error(exc: BaseException, *, what: str) -> TransientError | None:
-    """An httpx2 transport failure as a retryable error with its reason label; None for anything else."""
-    import httpx2
-
-    if isinstance(exc, httpx2.TimeoutException):
-        return TransientError(f"{what} timed out ({type(exc).__name__})", reason="timeout")
-    if isinstance(exc, httpx2.ConnectError):
-        return TransientError(f"cannot connect to the hub ({what})", reason="connect")
-    if isinstance(exc, httpx2.TransportError):
-        return TransientError(f"{what}: connection failed ({type(exc).__name__})", reason="reset")
-    return None
-
-
-def call_with_retries(fn: Callable[[], Any], *, what: str, repo_id: str, revision: str, budget: RetryBudget,
-                      tracker: Tracker | None, stop: threading.Event, backoff_max: float) -> Any:
+def call_with_retries(fn: Callable[[], Any], *, ctx: RunContext, what: str, repo_id: str, revision: str,
+                      record_retries: bool = True) -> Any:
+    """Call `fn` until it succeeds, retrying transient hub errors within the run's budget.
+    `record_retries=False`: the retries are not the run's (a quick side check), so the tracker is not told."""
     attempt = 0
     while True:
         try:
-            return call_interruptible(fn, stop=stop, name="hub-api")
+            return call_interruptible(fn, stop=ctx.stop, name="hub-api")
+        except Interrupted:
+            raise
         except Exception as exc:  # classified below: permanent errors re-raise, transient ones retry
-            if isinstance(exc, Interrupted):
-                raise
-            err = classify_hub_error(exc, repo_id=repo_id, revision=revision)
+            err = classify_api_error(exc, repo_id=repo_id, revision=revision)
             if not isinstance(err, TransientError):
                 raise err from None
-            budget.check(reason=err.reason, message=f"{what}: {err}")
-            delay = budget.delay(attempt=attempt, cap=backoff_max, retry_after=err.retry_after)
-            if tracker is not None:
-                tracker.retry(reason=err.reason, path=None, delay=delay, message=redact(f"{what}: {err}"))
-            log.warning("retrying %s in %.1fs: %s", what, delay, redact(str(err)))
-            attempt += 1
-            if stop.wait(delay):
-                raise interrupted(stop) from None
+        delay = retry_step(ctx, reason=err.reason, message=redact(f"{what}: {err}"), attempt=attempt,
+                           retry_after=err.retry_after, record=record_retries)
+        log.warning("retrying %s in %.1fs: %s", what, delay, redact(str(err)))
+        attempt += 1
+        ctx.pause(delay)
 
 
-def fetch_model_info(config: Config, *, revision: str, budget: RetryBudget, tracker: Tracker | None,
-                     stop: threading.Event) -> Any:
+def fetch_model_info(ctx: RunContext, *, revision: str, record_retries: bool = True) -> Any:
     from huggingface_hub import HfApi
 
-    _install_hub_client(connect_timeout=config.connect_timeout, api_timeout=config.api_timeout)
+    config = ctx.config
+    configure_api(config)
     from . import __version__
 
     api = HfApi(endpoint=config.endpoint, token=config.token or False, library_name="model-provisioner",
                 library_version=__version__)
     return call_with_retries(
         lambda: api.model_info(config.repo_id, revision=revision, files_metadata=True, timeout=config.api_timeout),
-        what="model_info", repo_id=config.repo_id, revision=revision, budget=budget, tracker=tracker, stop=stop,
-        backoff_max=config.backoff_max,
+        ctx=ctx, what="model_info", repo_id=config.repo_id, revision=revision, record_retries=record_retries,
     )
 
 
-def resolve_commit(config: Config, *, budget: RetryBudget, stop: threading.Event) -> str:
-    """Just the commit sha of the requested revision (used to see whether a warm marker is current)."""
-    info = fetch_model_info(config, revision=config.revision, budget=budget, tracker=None, stop=stop)
+def resolve_commit(ctx: RunContext) -> str:
+    """Just the commit sha of the requested revision (used to see whether a warm marker is current).
+    Its retries are not recorded in `ctx.tracker`: a side check, not the run's download."""
+    info = fetch_model_info(ctx, revision=ctx.config.revision, record_retries=False)
     return _checked_commit(getattr(info, "sha", None))
 
 
-def build_plan(config: Config, *, budget: RetryBudget, tracker: Tracker | None, stop: threading.Event) -> Plan:
-    info = fetch_model_info(config, revision=config.revision, budget=budget, tracker=tracker, stop=stop)
+def build_plan(ctx: RunContext) -> Plan:
+    config = ctx.config
+    info = fetch_model_info(ctx, revision=config.revision)
     commit = _checked_commit(getattr(info, "sha", None))
     siblings = getattr(info, "siblings", None)
     if siblings is None:

@@ -2,7 +2,9 @@
 
 One `RetryBudget` per run: a clock that runs only while the run makes no progress. Any byte that
 arrives restarts it, so a slow-but-moving download never dies of the budget, while an outage
-longer than the budget ends the run with exit code 7 and the partial data kept.
+longer than the budget ends the run with exit code 7 and the partial data kept. `retry_step` is the
+one step every retry loop takes (budget check, delay, record). Imports only errors (and context for
+a type): context imports this module.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .errors import RetryBudgetExhausted
+
+if TYPE_CHECKING:
+    from .context import RunContext
 
 BACKOFF_BASE_SECONDS = 0.5
 WAIT_SLICE_SECONDS = 0.1  # wait_for_progress re-checks its stop event at least this often
@@ -110,9 +116,19 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def sleep_or_stop(seconds: float, stop: threading.Event | None) -> bool:
-    """Wait, waking early on stop. True if stop was requested."""
-    if stop is None:
-        time.sleep(seconds)
-        return False
-    return stop.wait(seconds)
+def retry_step(ctx: RunContext, *, reason: str, message: str, attempt: int, retry_after: float | None = None,
+               path: str | None = None, immediate: bool = False, record: bool = True) -> float:
+    """The step every retry loop takes after a transient failure, returning how long to wait.
+
+    Raises RetryBudgetExhausted once the run has gone the budget without progress; otherwise picks the
+    delay (jittered backoff for `attempt`, or the server's Retry-After, never past the budget's end; 0
+    when `immediate`) and records the retry in `ctx.tracker` (unless `record` is False: a side check
+    whose retries are not the run's). `message` must already be redacted. The wait itself is the
+    caller's (`ctx.pause`, or the native engine's progress-aware backoff) and so is the log line.
+    """
+    ctx.budget.check(reason=reason, message=message)
+    delay = 0.0 if immediate else ctx.budget.delay(attempt=attempt, cap=ctx.config.backoff_max,
+                                                   retry_after=retry_after)
+    if record:
+        ctx.tracker.retry(reason=reason, path=path, delay=delay, message=message)
+    return delay

@@ -37,7 +37,8 @@ def usable_marker(ctx: RunContext, *, target: Path) -> dict[str, Any] | None:
 
     quick = RetryBudget(min(cfg.api_timeout, REVISION_CHECK_MAX_SECONDS))
     try:
-        commit = resolve_commit(dataclasses.replace(cfg, retry_budget=quick.seconds), budget=quick, stop=ctx.stop)
+        commit = resolve_commit(dataclasses.replace(ctx, config=dataclasses.replace(cfg, retry_budget=quick.seconds),
+                                                    budget=quick))
     except (NotFoundError, UnauthorizedError) as exc:
         log.warning("hub refused the revision check (%s); serving the verified copy", redact(str(exc)))
         return check.marker

@@ -29,9 +29,11 @@ from hypothesis import strategies as st
 
 from provisioner import cli, marker
 from provisioner.config import SETTINGS
+from provisioner.context import RunContext
 from provisioner.errors import BadRemoteError, ExitCode, NotFoundError, ProvisionerError
 from provisioner.manifest import Plan
 from provisioner.plan import MAX_FILE_SIZE, build_plan
+from provisioner.progress import Tracker
 from provisioner.retry import RetryBudget
 
 COMMIT = "c0ffee" + "0" * 34
@@ -174,7 +176,8 @@ def plan_with(fake: FakeHub, tmp_path: Path) -> Plan:
 
     cfg = Config(repo_id=REPO, endpoint=fake.url, target=str(tmp_path / "m"), include=(), exclude=(),
                  retry_budget=0.5, backoff_max=0.05, api_timeout=5, connect_timeout=2, listen="", kube="off")
-    return build_plan(cfg, budget=RetryBudget(cfg.retry_budget), tracker=None, stop=threading.Event())
+    return build_plan(RunContext(config=cfg, tracker=Tracker(repo_id=REPO, revision=cfg.revision),
+                                 budget=RetryBudget(cfg.retry_budget), stop=threading.Event()))
 
 
 def tree(root: Path) -> set[str]:

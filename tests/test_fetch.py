@@ -27,8 +27,9 @@ from hub_emulator import HubEmulator
 from hypothesis import given
 from hypothesis import strategies as st
 
-from provisioner import fetch_journal, verify
+from provisioner import verify
 from provisioner.config import Config
+from provisioner.context import RunContext
 from provisioner.errors import (
     Interrupted,
     LocalIOError,
@@ -47,7 +48,8 @@ from provisioner.fetch import (
     partial_bytes_on_disk,
     prune_partials,
 )
-from provisioner.fetch_journal import layout_segments
+from provisioner.fetch import journal as fetch_journal
+from provisioner.fetch.journal import layout_segments
 from provisioner.manifest import FileEntry, Plan
 from provisioner.progress import Tracker
 from provisioner.retry import RetryBudget
@@ -103,8 +105,8 @@ class Run:
     def __call__(self) -> dict[str, FetchedFile]:
         t0 = time.monotonic()
         try:
-            return fetch_files(self.plan, self.entries, config=self.config, state_dir=self.state_dir,
-                               tracker=self.tracker, budget=self.budget, stop=self.stop, client=self.client)
+            ctx = RunContext(config=self.config, tracker=self.tracker, budget=self.budget, stop=self.stop)
+            return fetch_files(self.plan, self.entries, ctx=ctx, state_dir=self.state_dir, client=self.client)
         finally:
             self.elapsed = time.monotonic() - t0
 
@@ -425,6 +427,7 @@ _CHILD = r"""
 import json, sys, threading
 from pathlib import Path
 from provisioner.config import Config
+from provisioner.context import RunContext
 from provisioner.fetch import fetch_files
 from provisioner.manifest import Plan
 from provisioner.progress import Tracker
@@ -434,8 +437,8 @@ plan = Plan.from_json(args["plan"])
 config = Config(**args["config"])
 tracker = Tracker(repo_id=plan.repo_id, revision=plan.revision)
 tracker.set_plan(plan)
-fetch_files(plan, plan.files, config=config, state_dir=Path(args["state_dir"]), tracker=tracker,
-            budget=RetryBudget(30), stop=threading.Event())
+ctx = RunContext(config=config, tracker=tracker, budget=RetryBudget(30), stop=threading.Event())
+fetch_files(plan, plan.files, ctx=ctx, state_dir=Path(args["state_dir"]))
 print("DONE")
 """
 

@@ -1,16 +1,18 @@
-"""`--engine hub` (provisioner/hubengine.py) against the hub emulator over real HTTP on 127.0.0.1."""
+"""`--engine hub` (provisioner/fetch/hub.py) against the hub emulator over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from hub_emulator import HubEmulator
 
-from provisioner import verify
+from provisioner import marker, verify
 from provisioner.config import Config
+from provisioner.context import RunContext
 from provisioner.errors import (
     Interrupted,
     NotFoundError,
@@ -18,7 +20,9 @@ from provisioner.errors import (
     TransientError,
     UnauthorizedError,
 )
-from provisioner.hubengine import HUB_METADATA_DIR, classify_download_error, fetch_with_hub
+from provisioner.fetch import fetch_with_hub as _fetch
+from provisioner.fetch.hub import HUB_METADATA_DIR
+from provisioner.hubapi import classify_download_error
 from provisioner.manifest import FileEntry, Plan
 from provisioner.progress import Tracker
 from provisioner.retry import RetryBudget
@@ -42,6 +46,13 @@ def _config(hub: HubEmulator, target: Path, **overrides: object) -> Config:
                                      backoff_max=0.2, max_workers=4)
     values.update(overrides)
     return Config(**values)  # type: ignore[arg-type]
+
+
+def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, tracker: Tracker,
+                   budget: RetryBudget, stop: threading.Event) -> None:
+    """The engine's call with one RunContext, its state folder inside the target (as the run has it)."""
+    _fetch(plan, entries, ctx=RunContext(config=config, tracker=tracker, budget=budget, stop=stop),
+           state_dir=marker.state_dir(Path(config.target)))
 
 
 def _run(plan: Plan, config: Config, *, entries: tuple[FileEntry, ...] | None = None,

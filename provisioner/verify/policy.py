@@ -119,8 +119,7 @@ def _fetch_native(ctx: RunContext, plan: Plan, todo: list[FileEntry], *, target:
     from ..fetch import clear_journal, discard_partial, fetch_files
 
     state_dir = marker.state_dir(target)
-    fetched = fetch_files(plan, todo, config=ctx.config, state_dir=state_dir, tracker=ctx.tracker,
-                          budget=ctx.budget, stop=ctx.stop)
+    fetched = fetch_files(plan, todo, ctx=ctx, state_dir=state_dir)
     bad: list[Mismatch] = []
     t = time.monotonic()
     for entry in todo:
@@ -137,11 +136,11 @@ def _fetch_native(ctx: RunContext, plan: Plan, todo: list[FileEntry], *, target:
 
 def _fetch_hub(ctx: RunContext, plan: Plan, todo: list[FileEntry], *, target: Path) -> tuple[list[Mismatch], float]:
     """One round of huggingface_hub's snapshot_download: it writes final paths itself, so hash them after."""
-    from ..hubengine import fetch_with_hub
+    from ..fetch import fetch_with_hub
 
     for entry in todo:
         place.safe_final_path(target, entry)
-    fetch_with_hub(plan, todo, config=ctx.config, tracker=ctx.tracker, budget=ctx.budget, stop=ctx.stop)
+    fetch_with_hub(plan, todo, ctx=ctx, state_dir=marker.state_dir(target))
     bad: list[Mismatch] = []
     t = time.monotonic()
     if ctx.config.verify != "none":

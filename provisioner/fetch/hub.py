@@ -6,7 +6,7 @@ What the library decides, and what we do about it (see docs/engines.md):
 
 * Files land at their final paths in `config.target` (local_dir mode). huggingface_hub also writes
   `<target>/.cache/huggingface/` (per-file metadata, locks, the tree listing) and its `refs` into
-  `cache_dir`, which we point at `<target>/.provisioner/hub-cache` so nothing is written outside the
+  `cache_dir`, which we point at `<state_dir>/hub-cache` (`<target>/.provisioner/hub-cache`) so nothing is written outside the
   volume (a readOnlyRootFilesystem works).
 * No partial data survives a failed call: huggingface_hub deletes its `.incomplete` file. Every retry
   of ours restarts the files that had not completed; completed files are not fetched again.
@@ -17,57 +17,56 @@ What the library decides, and what we do about it (see docs/engines.md):
   received from the network, re-sent bytes included.
 * Timeouts: huggingface_hub reads `HF_HUB_DOWNLOAD_TIMEOUT` into a module constant at import time and
   looks it up at each download, so we set `constants.HF_HUB_DOWNLOAD_TIMEOUT` (an idle timeout per
-  socket read, our stall timeout) before the call. The per-HEAD `etag_timeout` is an argument. The
-  tree listing uses the shared client, whose factory `plan._install_hub_client` gives connect/read
-  timeouts.
+  socket read, our stall timeout) before the call (`hubclient.configure_downloads`, which also gives
+  the shared client used for the tree listing connect/read timeouts). The per-HEAD `etag_timeout` is
+  an argument. Its errors are mapped by `hubapi.classify_download_error`.
 * Stop: snapshot_download cannot be cancelled, so it runs in a daemon thread. When `stop` is set we
   raise `Interrupted` at once; the progress hook makes the worker threads abandon their downloads at
   their next chunk (huggingface_hub then deletes their `.incomplete` files).
+
+Same interface as the native engine (`fetch_with_hub(plan, entries, *, ctx, state_dir)`). Imports
+context, errors, hubapi, hubclient, manifest, progress, redact, retry, verify and fetch.engine (for
+`FetchedFile`); the logger keeps its old name, `provisioner.hubengine`, so log filters keep working.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from huggingface_hub import get_cached_repo_tree, snapshot_download
 from huggingface_hub.utils import tqdm as hf_tqdm
 
-from .config import Config
-from .context import call_interruptible, interrupted
-from .errors import (
-    BadRemoteError,
+from ..context import RunContext, call_interruptible, interrupted
+from ..errors import (
     Interrupted,
     LocalIOError,
-    NoSpaceError,
     NotFoundError,
     ProvisionerError,
     RetryBudgetExhausted,
     TransientError,
-    UnauthorizedError,
 )
-from .manifest import FileEntry, Plan
-from .plan import _install_hub_client, transport_error
-from .progress import Tracker
-from .redact import redact
-from .retry import RetryBudget, parse_retry_after
+from ..hubapi import classify_download_error
+from ..hubclient import configure_downloads
+from ..manifest import FileEntry, Plan
+from ..progress import Tracker
+from ..redact import redact
+from ..retry import RetryBudget, retry_step
+from ..verify.checksums import Digests
+from .engine import FetchedFile
 
 log = logging.getLogger("provisioner.hubengine")
 
 HUB_METADATA_DIR = ".cache/huggingface"  # what huggingface_hub writes inside local_dir
-HUB_CACHE_DIR = ".provisioner/hub-cache"  # our cache_dir for the library (it writes refs there)
+HUB_CACHE_NAME = "hub-cache"  # our cache_dir for the library, inside the state folder (it writes refs there)
 _TRANSFER_BAR_NAME = "huggingface_hub.snapshot_download.transfer"
 _TRANSFER_BAR_DESC = "Downloading bytes"
-_MAX_CHAIN = 8
 
 
 class _StopRequested(BaseException):  # noqa: N818 - BaseException so no library `except Exception` swallows it
@@ -195,91 +194,6 @@ class _TrackerTqdm(hf_tqdm):
         return super().update(n)
 
 
-# ---- error classification ---------------------------------------------------------------------------
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """exc and its causes/contexts: snapshot_download wraps network errors in LocalEntryNotFoundError."""
-    out: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in out and len(out) < _MAX_CHAIN:
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.netloc
-
-
-def _file_from_url(url: str) -> str | None:
-    path = urlsplit(url).path
-    if "/resolve/" not in path:
-        return None
-    tail = path.split("/resolve/", 1)[1]
-    return unquote(tail.split("/", 1)[1]) if "/" in tail else None
-
-
-def _classify_http(exc: hf_errors.HfHubHTTPError, *, plan: Plan) -> ProvisionerError:
-    response = exc.response
-    status = response.status_code
-    url = str(response.request.url) if response.request is not None else ""
-    from_cdn = bool(url) and _origin(url) != _origin(plan.endpoint)
-    path = _file_from_url(url)
-    if isinstance(exc, hf_errors.RevisionNotFoundError):
-        return NotFoundError(f"revision {plan.commit} not found in {plan.repo_id}", repo_id=plan.repo_id,
-                             revision=plan.commit)
-    if isinstance(exc, hf_errors.GatedRepoError):
-        return UnauthorizedError(f"{plan.repo_id} is gated: the token has no access (HTTP {status})",
-                                 repo_id=plan.repo_id, status=status)
-    if status == 403 and from_cdn:
-        return TransientError("the signed CDN URL was refused (expired): resolving again", reason="url_expired")
-    if status in (401, 403):
-        return UnauthorizedError(f"not authorized for {plan.repo_id} (HTTP {status}): check HF_TOKEN / token-file",
-                                 repo_id=plan.repo_id, status=status)
-    if isinstance(exc, hf_errors.RepositoryNotFoundError):
-        return NotFoundError(f"repository {plan.repo_id} not found (or private without a token)",
-                             repo_id=plan.repo_id)
-    if status == 404:
-        what = f"{path!r}" if path else "a file"
-        return NotFoundError(f"{what} not found in {plan.repo_id} at {plan.commit}", repo_id=plan.repo_id,
-                             revision=plan.commit, path=path)
-    if status == 429 or status >= 500 or status == 408:
-        reason = "http_429" if status == 429 else ("timeout" if status == 408 else "http_5xx")
-        return TransientError(f"hub answered HTTP {status}" + (f" for {path}" if path else ""), reason=reason,
-                              retry_after=parse_retry_after(response.headers.get("Retry-After")))
-    return BadRemoteError(f"hub answered HTTP {status} for {plan.repo_id}", detail=redact(str(exc))[:300])
-
-
-def classify_download_error(exc: BaseException, *, plan: Plan) -> ProvisionerError:
-    """Map what snapshot_download raised to ours: NotFound/Unauthorized/NoSpace/LocalIO/BadRemote are
-    permanent (fail fast); TransientError is retried within the budget."""
-    chain = _chain(exc)
-    for e in chain:
-        if isinstance(e, ProvisionerError):
-            return e
-        if isinstance(e, hf_errors.HfHubHTTPError) and e.response is not None:
-            return _classify_http(e, plan=plan)
-    for e in chain:
-        transport = transport_error(e, what="download")
-        if transport is not None:
-            return transport
-    for e in chain:
-        if isinstance(e, hf_errors.XetDownloadError):
-            return TransientError(f"Xet download failed: {redact(str(e))[:200]}", reason="reset")
-        if isinstance(e, OSError) and e.errno is not None:
-            if e.errno == 28:  # ENOSPC
-                return NoSpaceError(f"no space left on the target filesystem: {e.strerror}",
-                                    path=str(e.filename or ""), needed_bytes=0, free_bytes=0)
-            return LocalIOError(f"local I/O error: {e.strerror} ({e.filename})", path=str(e.filename or ""))
-    if isinstance(exc, hf_errors.LocalEntryNotFoundError):  # the hub was unreachable (no usable cause)
-        return TransientError(f"hub unreachable: {redact(str(exc)).splitlines()[0][:200]}", reason="connect")
-    if isinstance(exc, OSError) and "Consistency check failed" in str(exc):  # size mismatch: a cut transfer
-        return TransientError("a download ended short of its size (connection cut)", reason="reset")
-    return TransientError(f"snapshot_download failed: {type(exc).__name__}: {redact(str(exc))[:200]}",
-                          reason="api")
-
-
 # ---- the engine -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -297,20 +211,12 @@ def _stat(path: Path) -> _Sig | None:
     return _Sig(st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _configure_library(config: Config) -> None:
-    # huggingface_hub read HF_HUB_DOWNLOAD_TIMEOUT into this module constant at import time, and
-    # http_get looks the constant up on every download: setting it here is the only way to apply our
-    # stall timeout (an idle timeout per socket read) without restarting the process. It is
-    # process-wide, which is fine: the provisioner downloads one model at a time.
-    hf_constants.HF_HUB_DOWNLOAD_TIMEOUT = max(1, math.ceil(config.stall_timeout))
-    _install_hub_client(connect_timeout=config.connect_timeout, api_timeout=config.api_timeout)
-
-
-def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, config: Config, sink: _ByteSink,
-                        budget: RetryBudget, stop: threading.Event) -> None:
+def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, ctx: RunContext, cache_dir: Path,
+                        sink: _ByteSink) -> None:
     """Run one snapshot_download call and re-raise what it raised. Stops waiting early when `stop` is set
     (Interrupted) or when the retry budget runs out without a byte arriving (RetryBudgetExhausted): the
     library retries HEAD requests and 5xx answers on its own, for minutes, inside one call."""
+    config, budget = ctx.config, ctx.budget
     target = Path(config.target)
 
     def work() -> None:
@@ -318,7 +224,7 @@ def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, config: Config, sin
             plan.repo_id,
             revision=plan.commit,
             local_dir=target,
-            cache_dir=target / HUB_CACHE_DIR,
+            cache_dir=cache_dir,
             allow_patterns=[glob.escape(p) for p in paths],
             endpoint=plan.endpoint,
             token=config.token or False,  # False: never a token from ~/.cache/huggingface
@@ -335,19 +241,19 @@ def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, config: Config, sin
             budget.check(reason="stall", message="huggingface_hub made no progress (it retries internally)")
 
     try:
-        call_interruptible(work, stop=stop, name="hubengine-snapshot", give_up=give_up)
+        call_interruptible(work, stop=ctx.stop, name="hubengine-snapshot", give_up=give_up)
     except Interrupted:
         sink.abandon()
         raise
 
 
-def _explain_missing(plan: Plan, missing: Sequence[str], *, target: Path) -> ProvisionerError:
+def _explain_missing(plan: Plan, missing: Sequence[str], *, target: Path, cache_dir: Path) -> ProvisionerError:
     """snapshot_download returned, yet files are missing. Either the commit's listing lacks them (it
     skips unknown paths silently: a permanent NotFoundError), or the listing call failed and the library
     fell back to the non-empty local_dir (it returns "successfully" then: transient)."""
     try:
         listed = {f.path for f in get_cached_repo_tree(plan.repo_id, revision=plan.commit, local_dir=target,
-                                                        cache_dir=target / HUB_CACHE_DIR)}
+                                                        cache_dir=cache_dir)}
     except (hf_errors.CachedRepoTreeNotFoundError, OSError, ValueError):  # no usable listing: the hub was not reached
         listed = None
     if listed is not None:
@@ -360,22 +266,27 @@ def _explain_missing(plan: Plan, missing: Sequence[str], *, target: Path) -> Pro
                           reason="api")
 
 
-def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, tracker: Tracker,
-                   budget: RetryBudget, stop: threading.Event) -> None:
-    """Download `entries` of `plan` at `plan.commit` into `config.target` with huggingface_hub.
+def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext,
+                   state_dir: Path) -> dict[str, FetchedFile]:
+    """Download `entries` of `plan` at `plan.commit` into `ctx.config.target` with huggingface_hub.
 
-    Retries transient failures within `budget` (each retry re-requests only the files not yet complete);
-    raises NotFoundError / UnauthorizedError / NoSpaceError / LocalIOError / BadRemoteError at once,
-    RetryBudgetExhausted once the budget is spent, Interrupted when `stop` is set.
+    Returns {path: FetchedFile} where `part_path` is the file's final path and the digests are not
+    computed (all ""): the caller hashes the files in place. The library's cache_dir is
+    `<state_dir>/hub-cache`. Retries transient failures within the budget (each retry re-requests only
+    the files not yet complete); raises NotFoundError / UnauthorizedError / NoSpaceError / LocalIOError /
+    BadRemoteError at once, RetryBudgetExhausted once the budget is spent, Interrupted when `ctx.stop`
+    is set.
     """
+    config, tracker, budget, stop = ctx.config, ctx.tracker, ctx.budget, ctx.stop
     if not entries:
-        return
+        return {}
     target = Path(config.target)
+    cache_dir = Path(state_dir) / HUB_CACHE_NAME
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a read-only or missing volume: nothing can be downloaded
         raise LocalIOError(f"cannot create the target directory {target}: {exc.strerror}", path=str(target)) from None
-    _configure_library(config)
+    configure_downloads(config)
     pending = {e.path: e for e in entries}
     before = {e.path: _stat(target / e.path) for e in entries}
     sink = _ByteSink(entries, tracker=tracker, budget=budget, stop=stop)
@@ -386,7 +297,7 @@ def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, 
         sink.new_attempt()
         error: ProvisionerError | None = None
         try:
-            _snapshot_in_thread(plan, list(pending), config=config, sink=sink, budget=budget, stop=stop)
+            _snapshot_in_thread(plan, list(pending), ctx=ctx, cache_dir=cache_dir, sink=sink)
         except (Interrupted, RetryBudgetExhausted):
             raise
         except _StopRequested:  # the hook saw `stop` before the waiting loop did
@@ -405,26 +316,20 @@ def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, config: Config, 
             del pending[path]
 
         if error is None and pending:
-            error = _explain_missing(plan, list(pending), target=target)
+            error = _explain_missing(plan, list(pending), target=target, cache_dir=cache_dir)
         if error is None:
-            return
+            return {e.path: FetchedFile(entry=e, part_path=target / e.path,
+                                        digests=Digests(size=e.size, sha256="", blob_sha1=""))
+                    for e in entries}
         if not isinstance(error, TransientError):
             raise error
         if sink.received_this_attempt or completed:
             attempt = 0  # progress was made: start the backoff over
         message = redact(str(error))
-        budget.check(reason=error.reason, message=message)
-        delay = budget.delay(attempt=attempt, cap=config.backoff_max, retry_after=error.retry_after)
-        tracker.retry(reason=error.reason, path=None, delay=delay, message=message)
+        delay = retry_step(ctx, reason=error.reason, message=message, attempt=attempt, retry_after=error.retry_after)
         log.warning("hub engine: retrying in %.1fs (%d file(s) left): %s", delay, len(pending), message)
         attempt += 1
-        if stop.wait(delay):
-            raise interrupted(stop)
+        ctx.pause(delay)
 
 
-def hub_metadata_dir(target: Path) -> Path:
-    """Where huggingface_hub keeps its local_dir metadata (excluded from the app's view of the model)."""
-    return Path(target) / HUB_METADATA_DIR
-
-
-__all__ = ["HUB_CACHE_DIR", "HUB_METADATA_DIR", "classify_download_error", "fetch_with_hub", "hub_metadata_dir"]
+__all__ = ["HUB_CACHE_NAME", "HUB_METADATA_DIR", "fetch_with_hub"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import threading
 
-from .errors import LocalIOError
-from .fetch_journal import Journal
-from .verify.checksums import Digests, Hasher
+from ..errors import LocalIOError
+from ..verify.checksums import Digests, Hasher
+from .journal import Journal
 
 READ_CHUNK = 1 << 20
 _WAKE_SECONDS = 1.0  # re-check period of the hasher thread; notify() normally wakes it at once

@@ -29,8 +29,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import LocalIOError, NoSpaceError
-from .manifest import FileEntry
+from ..errors import LocalIOError, NoSpaceError
+from ..manifest import FileEntry
 
 JOURNAL_VERSION = 1
 _U64 = struct.Struct("<Q")
