@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import marker, place, warm
+from . import layout, marker, place, warm
 from .config import Config, read_token
 from .context import RunContext, Stop
 from .errors import ProvisionerError, VerificationError, exit_code_for
@@ -102,38 +102,60 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
     from .verify.policy import fetch_and_verify
 
     cfg, tracker = ctx.config, ctx.tracker
-    target = Path(cfg.target)
+    root = Path(cfg.target)
+    versioned = cfg.layout == "versioned"
+    readers_dir = layout.model_dir(target=root, revision=cfg.revision, layout=cfg.layout)
     clock = _Clock()
-    place.check_state_dir(target)
+    place.check_state_dir(root)
     if not cfg.reverify:
-        served = warm.usable_marker(ctx, target=target)  # read-only: a read-only volume is served as is
+        served = warm.usable_marker(ctx, target=readers_dir)  # read-only: a read-only volume is served as is
         if served is not None:
-            return _result_from_marker(ctx, served, target=target, clock=clock, waited_for=None)
-    place.prepare_target(target)
+            return _result_from_marker(ctx, served, target=readers_dir, clock=clock, waited_for=None)
+    place.prepare_target(root)
     tracker.set_phase(Phase.PLANNING)
     plan = build_plan(ctx)
     ctx.check_stop()
     if cfg.verify == "full" and needs_smoke_test(f.path for f in plan.files):
         check_smoke_dependencies()  # a missing `embed` extra is a config error, found before any byte is fetched
+    target = layout.commit_dir(root, plan.commit) if versioned else root  # where this commit's files go
+    if versioned:
+        place.prepare_target(target)
     lock = _coordinator(cfg, kube=kube, target=target)
     with lock.hold(key=f"{plan.repo_id}@{plan.commit}", tracker=tracker, stop=ctx.stop):
         waited_for = tracker.waiting_for
-        if not cfg.reverify:
-            check = marker.check_ready(target, repo_id=plan.repo_id, revision=plan.commit)
-            if check.ok:  # another replica finished while we waited
-                log.info("ready from the marker written by %s", waited_for or "an earlier run")
-                return _result_from_marker(ctx, check.marker or {}, target=target, clock=clock, waited_for=waited_for)
-        marker.invalidate(target)
+        check = marker.check_ready(target, repo_id=plan.repo_id, revision=plan.commit)
+        if check.ok and not cfg.reverify:  # another replica (or an earlier revision name) finished it
+            log.info("ready from the marker written by %s", waited_for or "an earlier run")
+            if versioned:
+                _switch(cfg, root=root, commit=plan.commit)
+            return _result_from_marker(ctx, check.marker or {}, target=readers_dir, clock=clock,
+                                       waited_for=waited_for)
+        marker.invalidate(target)  # versioned: a folder no reader is pointed at yet
         marker.atomic_write_json(marker.state_dir(target) / "plan.json", plan.to_json())
+        if versioned:
+            previous = layout.current_commit(root, cfg.revision)
+            linked = layout.seed_unchanged_files(plan, root=root, into=target, previous=previous)
+            if linked:
+                log.info("%d unchanged file(s) hard-linked from %s", linked, (previous or "")[:12])
         checksums = fetch_and_verify(ctx, plan, target=target, free_space=free_space)
         embedding = _smoke_test(ctx, target=target)
         verification = _verification_json(checksums=checksums.to_json() if checksums.checked else None,
                                           embedding=embedding)
         marker.write_marker(target, plan=plan, verify_level=cfg.verify, verification=verification,
                             engine=cfg.engine, started_at=clock.started)
-    log.info("model ready: %s@%s in %s", plan.repo_id, plan.commit[:12], target)
-    return _result(plan, target=target, tracker=tracker, clock=clock, warm=False, waited_for=waited_for,
+        if versioned:
+            _switch(cfg, root=root, commit=plan.commit)
+    log.info("model ready: %s@%s in %s", plan.repo_id, plan.commit[:12], readers_dir)
+    return _result(plan, target=readers_dir, tracker=tracker, clock=clock, warm=False, waited_for=waited_for,
                    verification=verification)
+
+
+def _switch(cfg: Config, *, root: Path, commit: str) -> None:
+    """versioned layout: point the revision's link at the verified commit (one rename), then prune."""
+    previous = layout.current_commit(root, cfg.revision)
+    layout.switch_link(root, cfg.revision, commit)
+    log.info("%s now points at %s", layout.link_path(root, cfg.revision), commit[:12])
+    layout.prune(root, keep_links=cfg.keep_revisions, keep_commits=(previous,) if previous else ())
 
 
 class _Clock:

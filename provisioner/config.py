@@ -181,6 +181,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("target", "target", lambda s: str(Path(s).expanduser()), "/models",
             "Directory the model's files land in (at their repo paths). State lives in `<target>/.provisioner/`.",
             commands=("run", "demo")),
+    Setting("layout", "layout", _choice("layout", ("flat", "versioned")), "flat",
+            "`flat`: files at `<target>/<repo path>`, replaced in place on a new revision (emptyDir). `versioned`: "
+            "one folder per commit and an atomic link `<target>/revisions/<revision>` the app reads, switched only "
+            "after the new commit is verified (shared or persistent volumes; see docs/design.md).",
+            choices=("flat", "versioned"), commands=("run", "demo")),
+    Setting("keep-revisions", "keep_revisions", _positive_int("keep-revisions", maximum=100), "2",
+            "versioned layout: revision links (and their commit folders) kept after a switch, newest first; "
+            "older ones are pruned. A rolling update has two live revisions.", commands=("run", "demo")),
     Setting("include", "include", _patterns, "", "Comma-separated glob patterns of repo files to fetch (empty: all)."),
     Setting("exclude", "exclude", _patterns, DEFAULT_EXCLUDE,
             "Comma-separated glob patterns of repo files to skip. The default skips weight formats "
@@ -263,6 +271,8 @@ class Config:
     repo_id: str = DEFAULT_REPO_ID
     revision: str = "main"
     target: str = "/models"
+    layout: str = "flat"
+    keep_revisions: int = 2
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = tuple(DEFAULT_EXCLUDE.split(","))
     endpoint: str = DEFAULT_ENDPOINT
