@@ -203,7 +203,10 @@ def test_node_cache_daemonset_fills_the_hostpath_and_apps_wait(helm: str) -> Non
     assert not any(c["name"] == "model-provisioner" for c in containers(app)), "app pods do not download"
     wait = container(app, "wait-for-model")
     assert wait in app["initContainers"] and "model-provisioner check" in wait["command"][2]
-    assert wait["command"][3:] == [target("nodeCache"), v["model"]["repoId"], v["model"]["revision"]]
+    # a node cache outlives pods: versioned layout, the app waits on (and reads) its revision's link
+    model_dir = f"{target('nodeCache')}/revisions/{v['model']['revision']}"
+    assert wait["command"][3:] == [model_dir, v["model"]["repoId"], v["model"]["revision"]]
+    assert env_of(container(app, "app"))["MODEL_DIR"] == model_dir
     host = {"path": v["storage"]["hostPath"]["path"], "type": "DirectoryOrCreate"}
     assert next(x for x in ds["volumes"] if x["name"] == "models")["hostPath"] == host
     assert next(x for x in app["volumes"] if x["name"] == "models")["hostPath"] == host

@@ -348,3 +348,26 @@ def test_docs_name_only_tests_that_exist() -> None:
     assert cited and not cited - here, f"docs cite missing tests: {sorted(cited - here)}"
     for item in ("1", "2", "3", "4", "5", "7", "8", "9", "10", "11", "12", "13"):
         assert re.search(rf"^\| {item} \|.*`test_{item}_", section, re.M), f"item {item} cites no test_{item}_* test"
+
+
+# ---- 6. revision-safe upgrades on shared volumes ---------------------------------------------------------
+
+@pytest.mark.parametrize("revision", ["main", "refs/pr/1", "v1.0+cu121", "a" * 40])
+def test_6_versioned_layout_app_reads_the_revision_link(helm: str, revision: str) -> None:
+    """On a volume that outlives the pod the app reads <target>/revisions/<link>, named exactly as the
+    provisioner names it, and the provisioner runs with --layout versioned."""
+    from provisioner import layout
+
+    objs = variant(helm, "--set", "storage.type=pvc", "--set-string", f"model.revision={revision}")
+    spec = deployment_spec(objs)
+    prov = next(c for c in containers(spec) if env_of(c).get("PROVISIONER_TARGET"))
+    assert env_of(prov)["PROVISIONER_LAYOUT"] == "versioned"
+    app = container(spec, "app")
+    assert env_of(app)["MODEL_DIR"] == f"/models/revisions/{layout.link_name(revision)}"
+
+
+def test_6_emptydir_keeps_the_flat_layout(helm: str) -> None:
+    spec = deployment_spec(variant(helm))
+    prov = next(c for c in containers(spec) if env_of(c).get("PROVISIONER_TARGET"))
+    assert env_of(prov)["PROVISIONER_LAYOUT"] == "flat"
+    assert env_of(container(spec, "app"))["MODEL_DIR"] == env_of(prov)["PROVISIONER_TARGET"]

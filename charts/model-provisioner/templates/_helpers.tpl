@@ -140,6 +140,8 @@ deprecated form (a JSON dict; read it with `include "model-provisioner.settings"
   events        kube.events on|off    (deprecated: true|false); `auto` resolved
   coordination  kube.coordination     (deprecated: kube.lease true|false); `auto` resolved
   condition     kube.readinessCondition, a condition type or "" (deprecated: true|false + kube.conditionType)
+  layout        model.layout          `auto` resolved: versioned on volumes that outlive a pod, flat on emptyDir
+  modelDir      what the app reads and the probes check: target, or target/revisions/<revision link name>
   deprecations  one note per deprecated name in use (NOTES.txt prints them)
 A deprecated name that is set wins over the new one: it can only be there because the user put it there.
 */}}
@@ -190,8 +192,19 @@ A deprecated name that is set wins over the new one: it can only be there becaus
 {{- if eq $events "auto" }}
 {{- $events = ternary "on" "off" (or (eq $coordination "lease") (ne $condition "")) }}
 {{- end }}
+{{- $layout := toString (default "auto" $v.model.layout) }}
+{{- if eq $layout "auto" }}
+{{- $layout = ternary "flat" "versioned" (and (eq $v.storage.type "emptyDir") (not $v.nodeCache.enabled)) }}
+{{- end }}
+{{- $modelDir := $target }}
+{{- if eq $layout "versioned" }}
+{{- /* the same name as provisioner/layout.py link_name(): "/" -> "--", anything else unsafe -> "-" */}}
+{{- $link := regexReplaceAll "[^A-Za-z0-9._-]" (replace "/" "--" (toString $v.model.revision)) "-" }}
+{{- if eq (trimAll "." $link) "" }}{{ $link = printf "rev-%s" $link }}{{ end }}
+{{- $modelDir = printf "%s/revisions/%s" (trimSuffix "/" $target) $link }}
+{{- end }}
 {{- toJson (dict "target" $target "listen" $listen "port" $port "events" $events "coordination" $coordination
-      "condition" $condition "deprecations" $notes) }}
+      "condition" $condition "layout" $layout "modelDir" $modelDir "deprecations" $notes) }}
 {{- end }}
 
 {{/* "true" when any Kubernetes API feature is on. */}}
@@ -203,6 +216,11 @@ A deprecated name that is set wins over the new one: it can only be there becaus
 {{/* The model directory (model.target, or the deprecated model.mountPath). */}}
 {{- define "model-provisioner.target" -}}
 {{- (include "model-provisioner.settings" . | fromJson).target }}
+{{- end }}
+
+{{/* What the app reads and the probes check: the target (flat layout) or the revision's link (versioned). */}}
+{{- define "model-provisioner.modelDir" -}}
+{{- (include "model-provisioner.settings" . | fromJson).modelDir }}
 {{- end }}
 
 {{/* The provisioner's port (from provisioner.listen, or the deprecated listenPort); empty when listen is off. */}}
@@ -302,6 +320,8 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
       (list "PROVISIONER_REPO_ID" $m.repoId)
       (list "PROVISIONER_REVISION" $m.revision)
       (list "PROVISIONER_TARGET" $s.target)
+      (list "PROVISIONER_LAYOUT" $s.layout)
+      (list "PROVISIONER_KEEP_REVISIONS" $m.keepRevisions)
       (list "PROVISIONER_INCLUDE" $m.include)
       (list "PROVISIONER_ENDPOINT" $m.endpoint)
       (list "PROVISIONER_ENGINE" $m.engine)
