@@ -24,11 +24,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .metrics import CONTENT_TYPE, render
-from .progress import Event, Phase, Tracker
-from .redact import redact
+from ..metrics import CONTENT_TYPE, render
+from ..progress import Event, Phase, Tracker
+from ..redact import redact
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("provisioner.server")  # the name log consumers already filter on
 
 READY_CACHE_SECONDS = 1.0
 # Events that prove the loop is alive even though no byte arrived.
