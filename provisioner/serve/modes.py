@@ -25,11 +25,11 @@ from .. import logs, metrics
 from ..api import ProvisionResult, provision
 from ..config import Config
 from ..context import Stop
-from ..errors import ExitCode, Interrupted, ProvisionerError, exit_code_for
+from ..errors import ConfigError, ExitCode, Interrupted, ProvisionerError, exit_code_for
 from ..marker import check_ready
 from ..progress import Tracker
 from ..redact import redact, register_secret
-from .server import HealthServer
+from .server import HealthServer, bind_error_message
 
 # After SIGTERM, how long the worker may take to flush and stop before the process exits anyway
 # (well inside Kubernetes' default 30 s grace period).
@@ -89,7 +89,10 @@ def _start_server(cfg: Config, *, tracker: Tracker, registry: CollectorRegistry)
     server = HealthServer(cfg.listen, tracker=tracker, registry=registry,
                           ready_check=lambda: check_ready(target, repo_id=cfg.repo_id).ok,
                           stall_limit=cfg.stall_timeout)
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:  # a busy or forbidden port is a setting to fix: one line and exit 2, no traceback
+        raise ConfigError(bind_error_message(server.address, exc), setting="listen") from None
     log.info("serving /metrics /healthz /readyz /status", extra={"listen": f"{cfg.listen}", "port": server.port})
     return server
 
