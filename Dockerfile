@@ -73,7 +73,7 @@ ENV VIRTUAL_ENV=/opt/venv \
 
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8080
+EXPOSE 9733
 
 ENTRYPOINT ["model-provisioner"]
 CMD ["run"]

@@ -9,20 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import Config, add_arguments
-from .errors import ConfigError, ExitCode, Interrupted, ProvisionerError, exit_code_for
-
-# After SIGTERM, how long the worker may take to flush and stop before the process exits anyway
-# (well inside Kubernetes' default 30 s grace period).
-STOP_GRACE_SECONDS = 10.0
+from .errors import ConfigError, ExitCode, ProvisionerError, exit_code_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,108 +100,11 @@ def _check(ns: argparse.Namespace) -> int:
     return int(ExitCode.OK if result.ok else ExitCode.NOT_READY)
 
 
-def _install_signal_handlers(stop: Any) -> None:
-    def handler(signum: int, _frame: object) -> None:
-        stop.stop(signum)
+def _run(ns: argparse.Namespace, *, config: Config | None = None,
+         free_space: Callable[[Path], int] | None = None) -> int:
+    from .serve.modes import run_service
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
-def _run(ns: argparse.Namespace, *, config: Config | None = None, free_space: Any = None) -> int:
-    from . import logs, metrics
-    from .api import provision
-    from .context import Stop
-    from .marker import check_ready
-    from .progress import Tracker
-    from .redact import redact, register_secret
-
-    cfg = config or _settings(ns)
-    register_secret(cfg.token)
-    logs.setup_logging(fmt=cfg.log_format, level=cfg.log_level)
-    import logging
-
-    for noisy in ("httpx2", "httpcore2", "huggingface_hub"):  # one line per HTTP request drowns the progress
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-
-    log = logging.getLogger("provisioner")
-    stop = Stop()
-    _install_signal_handlers(stop)
-    tracker = Tracker(repo_id=cfg.repo_id, revision=cfg.revision)
-    registry = metrics.make_registry(tracker)
-    reporter = logs.ProgressReporter(tracker, interval=cfg.progress_interval, logger=log)
-    reporter.start()
-    server = None
-    if cfg.listen:
-        from .server import HealthServer
-
-        target = Path(cfg.target)
-        server = HealthServer(cfg.listen, tracker=tracker, registry=registry,
-                              ready_check=lambda: check_ready(target, repo_id=cfg.repo_id).ok,
-                              stall_limit=cfg.stall_timeout)
-        server.start()
-        log.info("serving /metrics /healthz /readyz /status", extra={"listen": f"{cfg.listen}", "port": server.port})
-    log.info("starting", extra={"settings": cfg.redacted()})
-    code = 0
-    try:
-        while True:
-            outcome: dict[str, Any] = {}
-
-            def work(result: dict[str, Any] = outcome) -> None:
-                try:
-                    result["value"] = provision(cfg, tracker=tracker, stop=stop, free_space=free_space)
-                except BaseException as exc:  # handed to the main thread, which maps it to an exit code
-                    result["error"] = exc
-
-            worker = threading.Thread(target=work, name="provision", daemon=True)
-            worker.start()
-            give_up_at: float | None = None
-            while worker.is_alive():
-                worker.join(0.2)  # short joins keep the main thread free to run signal handlers
-                if stop.is_set() and give_up_at is None:
-                    give_up_at = time.monotonic() + STOP_GRACE_SECONDS
-                if give_up_at is not None and time.monotonic() > give_up_at:
-                    # partials are already durable after each chunk; don't let a stuck call eat the grace period
-                    log.error("still busy %ss after the stop request; exiting anyway", STOP_GRACE_SECONDS)
-                    outcome["error"] = Interrupted(stop.signum)
-                    break
-            error = outcome.get("error")
-            if error is None:
-                res = outcome["value"]
-                log.info("ready", extra={"commit": res.commit, "files": res.files, "bytes_total": res.bytes_total,
-                                         "bytes_downloaded": res.bytes_downloaded, "warm": res.warm,
-                                         "seconds": round(res.seconds, 3)})
-                code = 0
-            else:
-                code = exit_code_for(error)
-                if not isinstance(error, ProvisionerError):
-                    log.exception("unexpected error", exc_info=error)
-                else:
-                    log.error("%s", redact(str(error)), extra={"exit_code": code, "error": type(error).__name__})
-            if cfg.mode == "sidecar" and error is not None and code == ExitCode.TRANSIENT and not stop.is_set():
-                # a sidecar outlives outages: start over (partials are kept) after a pause
-                log.warning("retry budget spent; the sidecar starts a new attempt", extra={"pause": cfg.backoff_max})
-                if stop.wait(cfg.backoff_max):
-                    code = 128 + stop.signum
-                    break
-                continue
-            break
-        if cfg.pushgateway:
-            try:
-                metrics.push_final(registry, cfg.pushgateway, job="model-provisioner",
-                                   grouping_key={"instance": os.environ.get("POD_NAME", os.uname().nodename)})
-            except Exception as exc:  # a missing Pushgateway must not change the outcome
-                log.warning("pushgateway push failed: %s", redact(str(exc)))
-        if cfg.mode == "sidecar" and code == 0:
-            log.info("sidecar: serving until SIGTERM")
-            stop.wait()
-        elif cfg.linger > 0 and server is not None:
-            stop.wait(cfg.linger)
-        return code
-    finally:
-        reporter.stop()
-        if server is not None:
-            server.stop()
+    return run_service(config or _settings(ns), free_space=free_space)
 
 
 def _verify(ns: argparse.Namespace) -> int:

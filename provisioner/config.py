@@ -135,7 +135,7 @@ def _listen(raw: str) -> str:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"listen: expected HOST:PORT (or 'off'), got {raw!r}", setting="listen")
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ConfigError(f"listen: put an IPv6 address in brackets, e.g. [::]:8080; got {raw!r}", setting="listen")
+        raise ConfigError(f"listen: put an IPv6 address in brackets, e.g. [::]:9733; got {raw!r}", setting="listen")
     return value
 
 
@@ -229,7 +229,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Files at least this large are fetched in parallel ranges."),
     Setting("disk-headroom", "disk_headroom", _size("disk-headroom"), "16MiB",
             "Free space to keep on the target filesystem beyond what the download needs."),
-    Setting("listen", "listen", _listen, "0.0.0.0:8080",
+    Setting("listen", "listen", _listen, "0.0.0.0:9733",
             "HOST:PORT for /metrics, /healthz, /readyz, /status (`off` to disable).", commands=("run",)),
     Setting("mode", "mode", _choice("mode", ("init", "sidecar")), "init",
             "`init`: exit once ready. `sidecar`: keep serving after ready; exit non-zero only on unrecoverable failure.",
@@ -290,7 +290,7 @@ class Config:
     connections_per_file: int = 4
     split_threshold: int = 64 << 20
     disk_headroom: int = 16 << 20
-    listen: str = "0.0.0.0:8080"
+    listen: str = "0.0.0.0:9733"
     mode: str = "init"
     linger: float = 0.0
     pushgateway: str = ""

@@ -12,7 +12,7 @@ from enum import IntEnum
 class ExitCode(IntEnum):
     OK = 0
     UNEXPECTED = 1  # a bug: an exception that is not a ProvisionerError
-    USAGE = 2  # bad flag, env var or config value
+    USAGE = 2  # bad flag, env var or config value (also a --listen address that cannot be bound)
     NOT_FOUND = 3  # repo, revision or file does not exist on the hub
     UNAUTHORIZED = 4  # gated/private repo, missing or bad token (401/403)
     NO_SPACE = 5  # not enough free space on the target filesystem (preflight or ENOSPC)

@@ -1,8 +1,10 @@
 """Logging: JSON lines for machines, text (with a progress bar) for people, never a secret.
 
-`setup_logging` installs one handler on the root logger (so library loggers such as httpx,
-whose request lines carry signed CDN URLs, go through it too). Every message, every extra field
-and every traceback passes through `redact.redact` before it is written.
+`setup_logging` installs one handler on the root logger (so library loggers such as httpx2,
+whose request lines carry signed CDN URLs, go through it too) and returns a `LogHandle` that the
+caller owns (`close()` removes it again). `NOISY_LOGGERS` is the one list of chatty libraries.
+Every message, every extra field and every traceback passes through `redact.redact` before it is
+written. Imports only progress and redact.
 
 `ProgressReporter` turns `Tracker` events into one structured line each and, while
 downloading, a heartbeat every `interval` seconds (or a single redrawn progress bar line when
@@ -23,7 +25,10 @@ from .progress import Event, Tracker
 from .redact import redact
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
-_NOISY_LIBRARIES = ("httpx", "httpcore", "urllib3", "huggingface_hub", "filelock", "kubernetes")
+# Libraries that log every HTTP request (signed CDN URLs included) at INFO or DEBUG: one line per
+# request drowns the progress lines, so they speak only under --log-level debug (see `noisy_level`).
+NOISY_LOGGERS = ("httpx2", "httpcore2", "httpx", "httpcore", "urllib3", "huggingface_hub", "filelock",
+                 "kubernetes")
 _MARK = "_mp_redacted"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -123,8 +128,9 @@ class TextFormatter(logging.Formatter):
 class _BarAwareHandler(logging.StreamHandler[TextIO]):
     """A stream handler that clears the progress bar before a line and redraws it after."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, bar_enabled: bool) -> None:
         super().__init__(stream)
+        self.bar_enabled = bar_enabled  # text on a TTY: the progress reporter may draw a bar
         self.bar_line = ""  # the bar currently shown ("" = none)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -166,8 +172,36 @@ class _BarAwareHandler(logging.StreamHandler[TextIO]):
             self.release()
 
 
-_handler: _BarAwareHandler | None = None
-_bar_enabled = False
+class LogHandle:
+    """What `setup_logging` installed; the caller owns it. `close()` removes the handler and puts the
+    root and library logger levels back as they were (idempotent; also a context manager)."""
+
+    def __init__(self, handler: _BarAwareHandler, *, use_json: bool, bar_enabled: bool,
+                 saved_levels: dict[str, int]) -> None:
+        self.handler = handler
+        self.use_json = use_json
+        self.bar_enabled = bar_enabled
+        self._saved_levels = saved_levels  # logger name ("" = root) -> its level before setup
+
+    def close(self) -> None:
+        root = logging.getLogger()
+        if self.handler in root.handlers:
+            root.removeHandler(self.handler)
+            for name, level in self._saved_levels.items():
+                logging.getLogger(name or None).setLevel(level)
+        self._saved_levels = {}
+
+    def __enter__(self) -> LogHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _installed_handler() -> _BarAwareHandler | None:
+    """Our handler on the root logger, if `setup_logging` installed one (the last one wins)."""
+    ours = [h for h in logging.getLogger().handlers if isinstance(h, _BarAwareHandler)]
+    return ours[-1] if ours else None
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -177,34 +211,41 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def setup_logging(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """Install the redacting handler on the root logger (idempotent: replaces our previous one).
+def noisy_level(root_level: int) -> int:
+    """The level for `NOISY_LOGGERS`: all of it at debug, else warnings up (or the root level if higher)."""
+    return logging.DEBUG if root_level <= logging.DEBUG else max(logging.WARNING, root_level)
+
+
+def setup_logging(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> LogHandle:
+    """Install the redacting handler on the root logger (idempotent: replaces our previous one) and
+    return its handle, which the caller owns.
 
     fmt: `auto` (JSON lines unless `stream` is a TTY, then text), `json` or `text`.
     The progress bar is enabled only for text on a TTY.
     """
-    global _handler, _bar_enabled
     stream = stream if stream is not None else sys.stderr
     if fmt not in ("auto", "json", "text"):
         raise ValueError(f"log format must be auto, json or text; got {fmt!r}")
-    tty = _isatty(stream)
-    use_json = fmt == "json" or (fmt == "auto" and not tty)
-    handler = _BarAwareHandler(stream)
-    handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
-    root = logging.getLogger()
-    if _handler is not None:
-        root.removeHandler(_handler)
-    root.addHandler(handler)
     numeric = _LEVELS.get(level.lower())
     if numeric is None:
         raise ValueError(f"log level must be one of {', '.join(_LEVELS)}; got {level!r}")
+    tty = _isatty(stream)
+    use_json = fmt == "json" or (fmt == "auto" and not tty)
+    bar_enabled = tty and not use_json
+    handler = _BarAwareHandler(stream, bar_enabled=bar_enabled)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    root = logging.getLogger()
+    saved = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    saved[""] = root.level
+    previous = _installed_handler()
+    if previous is not None:
+        root.removeHandler(previous)
+    root.addHandler(handler)
     root.setLevel(numeric)
-    # Libraries log every request at INFO; keep them for --log-level debug only.
-    for name in _NOISY_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
-    _handler = handler
-    _bar_enabled = tty and not use_json
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(noisy_level(numeric))
+    return LogHandle(handler, use_json=use_json, bar_enabled=bar_enabled, saved_levels=saved)
 
 
 def human_bytes(n: float) -> str:
@@ -263,17 +304,19 @@ def _field_name(key: str) -> str:
 class ProgressReporter:
     """Logs one line per Tracker event, and progress while downloading (heartbeat or TTY bar).
 
-    `bar`: None = the bar when `setup_logging` chose text on a TTY; True/False to force.
+    `output`: the `setup_logging` handle whose stream the bar is drawn on (None = the one installed
+    now, if any). `bar`: None = the bar when that setup chose text on a TTY; True/False to force.
     """
 
     BAR_REFRESH_SECONDS = 0.5
 
     def __init__(self, tracker: Tracker, *, interval: float, logger: logging.Logger | None = None,
-                 bar: bool | None = None) -> None:
+                 bar: bool | None = None, output: LogHandle | None = None) -> None:
         self.tracker = tracker
         self.interval = float(interval)
         self.logger = logger or logging.getLogger("provisioner.progress")
-        self.bar = _bar_enabled if bar is None else bar
+        self._out = output.handler if output is not None else _installed_handler()
+        self.bar = (self._out is not None and self._out.bar_enabled) if bar is None else bar
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._active = False
@@ -294,8 +337,8 @@ class ProgressReporter:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if self.bar and _handler is not None:
-            _handler.clear_bar(keep=True)
+        if self.bar and self._out is not None:
+            self._out.clear_bar(keep=True)
 
     def __enter__(self) -> ProgressReporter:
         return self.start()
@@ -317,8 +360,8 @@ class ProgressReporter:
         snap = self.tracker.snapshot()
         if snap["phase"] != "downloading":
             return
-        if self.bar and _handler is not None:
-            _handler.draw_bar(progress_bar(snap))
+        if self.bar and self._out is not None:
+            self._out.draw_bar(progress_bar(snap))
             return
         fields = progress_fields(snap)
         self.logger.info(
@@ -338,10 +381,10 @@ class ProgressReporter:
         kind = event.kind
         if kind == "phase":
             msg = f"phase {d.get('phase')}"
-            if self.bar and d.get("phase") != "downloading" and _handler is not None:
-                if _handler.bar_line:  # leave the final state on screen, not the last periodic redraw
-                    _handler.draw_bar(progress_bar(self.tracker.snapshot()))
-                _handler.clear_bar(keep=True)
+            if self.bar and d.get("phase") != "downloading" and self._out is not None:
+                if self._out.bar_line:  # leave the final state on screen, not the last periodic redraw
+                    self._out.draw_bar(progress_bar(self.tracker.snapshot()))
+                self._out.clear_bar(keep=True)
         elif kind == "plan":
             msg = (f"plan: {d.get('files')} files, {human_bytes(d.get('bytes_total', 0))} "
                    f"({human_bytes(d.get('bytes_on_disk', 0))} already on disk), commit {d.get('commit')}")

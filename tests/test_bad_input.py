@@ -15,6 +15,7 @@ import json
 import os
 import posixpath
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -262,6 +263,28 @@ def test_malformed_setting_exits_2_naming_it(name: str, value: str, source: str,
     # one error line naming the setting (argparse prints its usage block above it for flag syntax errors)
     assert name in lines[-1] and "error" in lines[-1], err
     assert "Traceback" not in err and (len(lines) == 1 or lines[0].startswith("usage:")), err
+    assert not (tmp_path / "m").exists(), "a config error must not touch the target"
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_listen_port_in_use_exits_2_with_one_line(hub: HubEmulator, tmp_path: Path, log_format: str) -> None:
+    """A port another process holds is a setting to fix, not a crash: exactly one stderr line naming
+    the address and what to set, exit 2, no traceback, nothing downloaded."""
+    hub.add_repo(REPO, {"config.json": b"{}"})
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        argv = run_args(endpoint=hub.url, target=tmp_path / "m", repo_id=REPO, extra=FAST)
+        argv[argv.index("--listen") + 1] = address
+        argv[argv.index("--log-format") + 1] = log_format
+        res = run_cli(argv, timeout=60)
+    assert res.returncode == ExitCode.USAGE, res.stderr[-3000:]
+    assert res.stderr.splitlines() == [
+        f"model-provisioner: error: listen: {address} is already in use (EADDRINUSE); "
+        "set --listen / PROVISIONER_LISTEN to a free port or 'off'"], res.stderr
+    assert res.stdout == ""
+    assert hub.stats.requests == [], "nothing should be fetched when the port is taken"
     assert not (tmp_path / "m").exists(), "a config error must not touch the target"
 
 

@@ -102,7 +102,7 @@ def test_runtime_is_non_root_and_read_only_rootfs_friendly() -> None:
     for key in ("HOME", "TMPDIR", "HF_HOME", "XDG_CACHE_HOME"):
         assert env[key].startswith(TMP), f"{key}={env[key]} must be writable with readOnlyRootFilesystem"
     assert env["PROVISIONER_TARGET"] == "/models"
-    assert ("EXPOSE", "8080") in runtime
+    assert ("EXPOSE", "9733") in runtime
     assert ("ENTRYPOINT", '["model-provisioner"]') in runtime
     assert ("CMD", '["run"]') in runtime
     runs = " ".join(rest for w, rest in runtime if w == "RUN")

@@ -82,7 +82,7 @@ def test_image_metadata(image: str) -> None:
     cfg = info["Config"]
     assert cfg["User"] == "10001:10001"
     assert cfg["Entrypoint"] == ["model-provisioner"] and cfg["Cmd"] == ["run"]
-    assert "8080/tcp" in cfg["ExposedPorts"]
+    assert "9733/tcp" in cfg["ExposedPorts"]
     assert cfg["Labels"]["org.opencontainers.image.title"] == "model-provisioner"
 
 

@@ -30,8 +30,6 @@ def restore_logging() -> Iterator[None]:
         if h not in handlers:
             root.removeHandler(h)
     root.setLevel(level)
-    logs._handler = None
-    logs._bar_enabled = False
 
 
 @pytest.fixture(autouse=True)
@@ -74,15 +72,15 @@ def test_text_format_is_one_human_line() -> None:
 
 def test_auto_is_json_off_a_tty_and_text_on_a_tty() -> None:
     out = io.StringIO()
-    logs.setup_logging(fmt="auto", level="info", stream=out)
+    handle = logs.setup_logging(fmt="auto", level="info", stream=out)
     logging.getLogger("x").info("a")
     assert json_lines(out.getvalue())[0]["msg"] == "a"
-    assert logs._bar_enabled is False
+    assert handle.bar_enabled is False
     tty = TTY()
-    logs.setup_logging(fmt="auto", level="info", stream=tty)
+    handle = logs.setup_logging(fmt="auto", level="info", stream=tty)
     logging.getLogger("x").info("b")
     assert tty.getvalue().rstrip().endswith("x: b")
-    assert logs._bar_enabled is True
+    assert handle.bar_enabled is True
 
 
 def test_setup_is_idempotent() -> None:

@@ -125,3 +125,30 @@ def test_init_mode_pushes_final_metrics_and_lingers(hub: HubEmulator, small_repo
     finally:
         code = _stop(proc)
     assert code == 0
+
+
+def test_readyz_answers_for_the_revision_the_pod_asked_for(hub: HubEmulator, small_repo: Path,
+                                                           tmp_path: Path) -> None:
+    """A volume verified for commit A; a pod asking for commit B starts while the hub's API hangs (its
+    plan cannot run yet): its /readyz must say 503 — A's marker is for another revision — not 200."""
+    commit_a = hub.add_repo(REPO, small_repo)
+    commit_b = hub.add_repo(REPO, {**{p.relative_to(small_repo).as_posix(): p.read_bytes()
+                                     for p in small_repo.rglob("*") if p.is_file()}, "config.json": b"{}\n"})
+    target = tmp_path / "m"
+    first = start_cli(run_args(endpoint=hub.url, target=target, repo_id=REPO,
+                               extra=["--verify", "checksums", "--revision", commit_a]), log=tmp_path / "a.log")
+    assert first.wait(60) == 0, (tmp_path / "a.log").read_text()[-2000:]
+    hub.faults.stall_api = 60.0  # the B pod cannot plan: only the marker on the volume can answer /readyz
+    port = free_port()
+    proc = start_cli(run_args(endpoint=hub.url, target=target, repo_id=REPO,
+                              extra=["--verify", "checksums", "--mode", "sidecar", "--revision", commit_b,
+                                     "--listen", f"127.0.0.1:{port}"]), log=tmp_path / "b.log")
+    try:
+        wait_until(lambda: _up(port, "/healthz") == 200 or proc.poll() is not None, timeout=60, what="/healthz")
+        assert hub.wait_for(lambda s: s.requests_by_kind["api"] >= 1, timeout=30)  # B is stuck planning
+        assert _up(port, "/readyz") == 503
+        assert _status(port)["phase"] == "planning"
+    finally:
+        hub.faults.stall_api = 0.0
+        hub.release_stalls()
+        _stop(proc)

@@ -29,7 +29,7 @@ from prom_helpers import (
 
 from provisioner import logs, metrics, redact
 from provisioner.progress import Phase, Tracker
-from provisioner.server import HealthServer
+from provisioner.serve.server import HealthServer
 
 PROMTOOL = find_tool("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
@@ -177,12 +177,9 @@ def test_no_secret_in_any_output(live: HealthServer) -> None:
     outputs: dict[str, str] = {}
     for path in ("/metrics", "/status", "/healthz", "/readyz", "/nope"):
         outputs[path] = http_get(live.url + path)[2].decode()
-    root = logging.getLogger()
-    before = list(root.handlers)
-    try:
-        for fmt in ("json", "text"):
-            stream = io.StringIO()
-            logs.setup_logging(fmt=fmt, level="debug", stream=stream)
+    for fmt in ("json", "text"):
+        stream = io.StringIO()
+        with logs.setup_logging(fmt=fmt, level="debug", stream=stream):
             t = Tracker(repo_id="org/model", revision="main")
             reporter = logs.ProgressReporter(t, interval=3600).start()
             t.set_plan(make_plan())
@@ -193,11 +190,6 @@ def test_no_secret_in_any_output(live: HealthServer) -> None:
             reporter.stop()
             logging.getLogger("httpx").debug("GET https://x/y?token=%s", SECRETS[1])
             outputs[f"log-{fmt}"] = stream.getvalue()
-    finally:
-        for h in list(root.handlers):
-            if h not in before:
-                root.removeHandler(h)
-        logs._handler = None
     assert "<redacted>" in outputs["/status"] and "<redacted>" in outputs["log-json"]
     for name, text in outputs.items():
         for secret in SECRETS:

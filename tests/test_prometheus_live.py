@@ -40,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from provisioner import metrics
 from provisioner.progress import Phase, Tracker
-from provisioner.server import HealthServer
+from provisioner.serve.server import HealthServer
 
 pytestmark = [
     pytest.mark.slow,

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from provisioner import metrics, redact
 from provisioner.progress import Phase, Tracker
-from provisioner.server import HealthServer, parse_listen
+from provisioner.serve.server import HealthServer, parse_listen
 
 STALL = 10.0  # stall_limit: /healthz fails after 3 * STALL seconds without a sign of life
 

@@ -13,6 +13,7 @@ slow download that still moves, or one that keeps retrying inside its budget, st
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -24,11 +25,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .metrics import CONTENT_TYPE, render
-from .progress import Event, Phase, Tracker
-from .redact import redact
+from ..metrics import CONTENT_TYPE, render
+from ..progress import Event, Phase, Tracker
+from ..redact import redact
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("provisioner.server")  # the name log consumers already filter on
 
 READY_CACHE_SECONDS = 1.0
 # Events that prove the loop is alive even though no byte arrived.
@@ -45,8 +46,20 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ValueError(f"listen: put an IPv6 address in brackets, e.g. [::]:8080; got {listen!r}")
+        raise ValueError(f"listen: put an IPv6 address in brackets, e.g. [::]:9733; got {listen!r}")
     return host or "0.0.0.0", int(port_text)
+
+
+def bind_error_message(listen: str, exc: OSError) -> str:
+    """One line saying why `listen` could not be bound and what to set instead (no traceback)."""
+    if isinstance(exc, socket.gaierror):
+        return (f"listen: cannot resolve the host of {listen} ({exc.strerror}); "
+                "set --listen / PROVISIONER_LISTEN to HOST:PORT with a resolvable host or 'off'")
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    why = {errno.EADDRINUSE: "is already in use", errno.EACCES: "is not allowed for this user",
+           errno.EADDRNOTAVAIL: "is not an address of this host"}.get(exc.errno or 0, "cannot be bound")
+    fix = "a free port" if exc.errno == errno.EADDRINUSE else "an address and port this process may bind"
+    return f"listen: {listen} {why} ({name}); set --listen / PROVISIONER_LISTEN to {fix} or 'off'"
 
 
 def _redact_json(value: Any) -> Any:
@@ -192,6 +205,12 @@ class HealthServer:
         if self._server is None:
             return self._requested_port
         return int(self._server.server_address[1])
+
+    @property
+    def address(self) -> str:
+        """`HOST:PORT` as requested (IPv6 hosts in brackets), for messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     @property
     def url(self) -> str:

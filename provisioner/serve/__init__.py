@@ -1,0 +1,9 @@
+"""Serving a run: the long-lived process around `provision` (the `run` and `demo` commands).
+
+Owns: `server.HealthServer` (the /metrics /healthz /readyz /status HTTP server) and
+`modes.run_service(config) -> exit code` (logging, signal handlers, progress reporting, the
+provision worker thread with its stop grace period, the sidecar's restart loop, the final
+Pushgateway push and the linger). The top stage: it may import every other module of the package
+(api, config, context, errors, logs, marker, metrics, progress, redact) and nothing imports it
+except cli.py. This file imports nothing, so `cli check` stays light.
+"""
