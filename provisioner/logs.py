@@ -17,11 +17,11 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from .progress import Event, Tracker
+from .progress import Event, EventKind, Tracker
 from .redact import redact
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
@@ -377,44 +377,38 @@ class ProgressReporter:
         d = event.data
         fields: dict[str, Any] = {"event": event.kind}
         fields.update({_field_name(k): v for k, v in d.items()})
-        level = logging.INFO
-        kind = event.kind
-        if kind == "phase":
-            msg = f"phase {d.get('phase')}"
-            if self.bar and d.get("phase") != "downloading" and self._out is not None:
-                if self._out.bar_line:  # leave the final state on screen, not the last periodic redraw
-                    self._out.draw_bar(progress_bar(self.tracker.snapshot()))
-                self._out.clear_bar(keep=True)
-        elif kind == "plan":
-            msg = (f"plan: {d.get('files')} files, {human_bytes(d.get('bytes_total', 0))} "
-                   f"({human_bytes(d.get('bytes_on_disk', 0))} already on disk), commit {d.get('commit')}")
-        elif kind == "file_started":
-            level = logging.DEBUG
-            msg = f"fetching {d.get('path')} from offset {d.get('offset')}"
-        elif kind == "file_done":
-            msg = f"{'already present' if d.get('skipped') else 'done'}: {d.get('path')}"
-        elif kind == "retry":
-            level = logging.WARNING
-            where = f" {d['path']}" if d.get("path") else ""
-            msg = f"retry ({d.get('reason')}){where} in {d.get('delay')}s: {d.get('message')}"
-        elif kind == "stall":
-            level = logging.WARNING
-            msg = f"stalled: {d.get('path') or 'transfer'} received nothing within the stall timeout"
-        elif kind == "waiting":
-            msg = f"waiting for {d.get('holder')} to finish the download"
-        elif kind == "verified":
-            ok = bool(d.get("ok"))
-            level = logging.INFO if ok else logging.ERROR
-            msg = f"verification {d.get('kind')} {'ok' if ok else 'FAILED'} in {d.get('seconds')}s"
-            if d.get("detail"):
-                msg += f": {d.get('detail')}"
-        elif kind == "smoke_test":
-            msg = "embedding smoke test"
-        elif kind == "ready":
-            msg = f"ready: {d.get('repo_id')} at {d.get('commit')}"
-        elif kind == "failed":
-            level = logging.ERROR
-            msg = f"failed (exit {d.get('exit_code')}): {d.get('message')}"
-        else:
-            msg = kind
+        if event.kind == EventKind.PHASE and self.bar and d.get("phase") != "downloading" and self._out is not None:
+            if self._out.bar_line:  # leave the final state on screen, not the last periodic redraw
+                self._out.draw_bar(progress_bar(self.tracker.snapshot()))
+            self._out.clear_bar(keep=True)
+        level, msg = event_line(event.kind, d)
         self.logger.log(level, "%s", msg, extra=fields)
+
+
+def _verified_line(d: Mapping[str, Any]) -> tuple[int, str]:
+    ok = bool(d.get("ok"))
+    detail = f": {d.get('detail')}" if d.get("detail") else ""
+    return (logging.INFO if ok else logging.ERROR,
+            f"verification {d.get('kind')} {'ok' if ok else 'FAILED'} in {d.get('seconds')}s{detail}")
+
+
+_EVENT_LINES: dict[EventKind, Callable[[Mapping[str, Any]], tuple[int, str]]] = {
+    EventKind.PHASE: lambda d: (logging.INFO, f"phase {d.get('phase')}"),
+    EventKind.PLAN: lambda d: (logging.INFO, f"plan: {d.get('files')} files, {human_bytes(d.get('bytes_total', 0))} "
+                               f"({human_bytes(d.get('bytes_on_disk', 0))} already on disk), commit {d.get('commit')}"),
+    EventKind.FILE_STARTED: lambda d: (logging.DEBUG, f"fetching {d.get('path')} from offset {d.get('offset')}"),
+    EventKind.FILE_DONE: lambda d: (logging.INFO, f"{'already present' if d.get('skipped') else 'done'}: {d.get('path')}"),
+    EventKind.RETRY: lambda d: (logging.WARNING, f"retry ({d.get('reason')})"
+                                f"{' ' + str(d['path']) if d.get('path') else ''} in {d.get('delay')}s: {d.get('message')}"),
+    EventKind.STALL: lambda d: (logging.WARNING,
+                                f"stalled: {d.get('path') or 'transfer'} received nothing within the stall timeout"),
+    EventKind.WAITING: lambda d: (logging.INFO, f"waiting for {d.get('holder')} to finish the download"),
+    EventKind.VERIFIED: _verified_line,
+    EventKind.READY: lambda d: (logging.INFO, f"ready: {d.get('repo_id')} at {d.get('commit')}"),
+    EventKind.FAILED: lambda d: (logging.ERROR, f"failed (exit {d.get('exit_code')}): {d.get('message')}"),
+}
+
+
+def event_line(kind: EventKind, data: Mapping[str, Any]) -> tuple[int, str]:
+    """The log level and message for one Tracker event (every EventKind has one)."""
+    return _EVENT_LINES[kind](data)

@@ -266,3 +266,12 @@ def test_progress_bar_and_human_units() -> None:
     assert bar == "[#####.....]  50.0%  1.5 GiB / 3.0 GiB  35.2 MiB/s  ETA 1m02s  3/7 files"
     assert logs.human_seconds(None) == "?" and logs.human_seconds(7322) == "2h02m"
     assert logs.human_bytes(512) == "512 B"
+
+
+def test_every_event_kind_has_a_log_line() -> None:
+    from provisioner.logs import event_line
+    from provisioner.progress import EventKind
+
+    for kind in EventKind:
+        level, msg = event_line(kind, {})
+        assert level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR) and msg, kind
