@@ -31,7 +31,7 @@ from .errors import ProvisionerError, VerificationError, exit_code_for
 from .lock import Coordinator, FileLock, NoCoordination
 from .manifest import Plan
 from .progress import Event, Phase, Tracker
-from .redact import redact, register_secret
+from .redact import Redactor
 from .retry import RetryBudget
 from .verify import check_smoke_dependencies, needs_smoke_test
 
@@ -65,12 +65,12 @@ def provision(config: Config | None = None, *, progress: Callable[[Event], None]
         config = Config(token=read_token(token_file=str(overrides.get("token_file", "")), environ=os.environ))
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    register_secret(config.token)
+    redactor = Redactor.for_secrets(config.token)
     tracker = tracker or Tracker(repo_id=config.repo_id, revision=config.revision)
     if progress is not None:
         tracker.subscribe(progress)
     ctx = RunContext(config=config, tracker=tracker, budget=RetryBudget(config.retry_budget),
-                     stop=stop if stop is not None else Stop())
+                     stop=stop if stop is not None else Stop(), redactor=redactor)
     kube: Any = None
     try:
         try:
@@ -78,7 +78,7 @@ def provision(config: Config | None = None, *, progress: Callable[[Event], None]
             kube = _setup_kube(ctx)
             result = execute(ctx, kube=kube, free_space=free_space)
         except ProvisionerError as exc:
-            tracker.mark_failed(message=redact(str(exc)), exit_code=exit_code_for(exc))
+            tracker.mark_failed(message=redactor(str(exc)), exit_code=exit_code_for(exc))
             raise
         tracker.mark_ready()
         return result
@@ -215,7 +215,7 @@ def _smoke_test(ctx: RunContext, *, target: Path) -> dict[str, Any] | None:
     ctx.tracker.set_phase(Phase.SMOKE_TEST)
     ref = Path(ctx.config.reference_embeddings) if ctx.config.reference_embeddings else None
     result = run_smoke_test(target, reference=ref, stop=ctx.stop)
-    detail = redact(result.detail)
+    detail = ctx.redactor(result.detail)
     ctx.tracker.verification(kind="embedding", seconds=result.seconds, ok=result.ok, detail=detail)
     if not result.ok:
         raise VerificationError(f"embedding smoke test failed: {detail}", kind="embedding")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .config import Config
 from .errors import Interrupted
 from .progress import Tracker
+from .redact import Redactor
 from .retry import RetryBudget
 
 T = TypeVar("T")
@@ -87,6 +88,7 @@ class RunContext:
     tracker: Tracker
     budget: RetryBudget
     stop: threading.Event
+    redactor: Redactor = field(default_factory=Redactor)  # the run's secrets (its token) for every message
 
     def check_stop(self) -> None:
         check_stop(self.stop)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from .progress import Event, EventKind, Tracker
-from .redact import redact
+from .redact import PATTERNS_ONLY, Redactor
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
 # Libraries that log every HTTP request (signed CDN URLs included) at INFO or DEBUG: one line per
@@ -33,17 +33,17 @@ _MARK = "_mp_redacted"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def redact_value(value: Any) -> Any:
+def redact_value(value: Any, redactor: Redactor = PATTERNS_ONLY) -> Any:
     """`value` with every string inside it redacted (dicts, lists and tuples walked)."""
     if isinstance(value, str):
-        return redact(value)
+        return redactor(value)
     if isinstance(value, Mapping):
-        return {redact(str(k)): redact_value(v) for k, v in value.items()}
+        return {redactor(str(k)): redact_value(v, redactor) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [redact_value(v) for v in value]
+        return [redact_value(v, redactor) for v in value]
     if value is None or isinstance(value, bool | int | float):
         return value
-    return redact(str(value))
+    return redactor(str(value))
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -58,6 +58,10 @@ class RedactingFilter(logging.Filter):
     its own placeholders). Tracebacks are redacted by the formatters.
     """
 
+    def __init__(self, redactor: Redactor = PATTERNS_ONLY) -> None:
+        super().__init__()
+        self.redactor = redactor
+
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, _MARK, False):
             return True
@@ -65,30 +69,36 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string must still be logged, not raise
             message = f"{record.msg!s} {record.args!r}"
-        record.msg = redact(message)
+        record.msg = self.redactor(message)
         record.args = None
         for key, value in extra_fields(record).items():
-            setattr(record, key, redact_value(value))
+            setattr(record, key, redact_value(value, self.redactor))
         setattr(record, _MARK, True)
         return True
 
 
-def _clean(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
+def _clean(record: logging.LogRecord, redactor: Redactor) -> tuple[str, dict[str, Any]]:
     """(message, extra fields), redacted unless `RedactingFilter` already did it."""
     if getattr(record, _MARK, False):
         return record.getMessage(), extra_fields(record)
-    return redact(record.getMessage()), {k: redact_value(v) for k, v in extra_fields(record).items()}
+    return redactor(record.getMessage()), {k: redact_value(v, redactor) for k, v in extra_fields(record).items()}
+
+
+class _RedactingFormatter(logging.Formatter):
+    def __init__(self, redactor: Redactor = PATTERNS_ONLY) -> None:
+        super().__init__()
+        self.redactor = redactor
 
 
 def _timestamp(created: float) -> str:
     return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(_RedactingFormatter):
     """One JSON object per line: ts, level, logger, msg, then the extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message, extra = _clean(record)
+        message, extra = _clean(record, self.redactor)
         out: dict[str, Any] = {
             "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
@@ -98,10 +108,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in extra.items():
             out.setdefault(key, value)
         if record.exc_info:
-            out["exc"] = redact(self.formatException(record.exc_info))
+            out["exc"] = self.redactor(self.formatException(record.exc_info))
         if record.stack_info:
-            out["stack"] = redact(self.formatStack(record.stack_info))
-        return json.dumps(out, default=lambda v: redact(str(v)), ensure_ascii=False)
+            out["stack"] = self.redactor(self.formatStack(record.stack_info))
+        return json.dumps(out, default=lambda v: self.redactor(str(v)), ensure_ascii=False)
 
 
 def _text_value(value: Any) -> str:
@@ -109,19 +119,19 @@ def _text_value(value: Any) -> str:
     return json.dumps(text) if (not text or any(c in text for c in " \"=")) else text
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_RedactingFormatter):
     """`2024-05-01T12:00:00.123Z INFO  provisioner.fetch: message key=value ...` (redacted)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message, extra = _clean(record)
+        message, extra = _clean(record, self.redactor)
         fields = " ".join(f"{k}={_text_value(v)}" for k, v in extra.items() if k != "event")
         line = f"{_timestamp(record.created)} {record.levelname:<7} {record.name}: {message}"
         if fields:
             line += f"  {fields}"
         if record.exc_info:
-            line += "\n" + redact(self.formatException(record.exc_info))
+            line += "\n" + self.redactor(self.formatException(record.exc_info))
         if record.stack_info:
-            line += "\n" + redact(self.formatStack(record.stack_info))
+            line += "\n" + self.redactor(self.formatStack(record.stack_info))
         return line
 
 
@@ -216,7 +226,8 @@ def noisy_level(root_level: int) -> int:
     return logging.DEBUG if root_level <= logging.DEBUG else max(logging.WARNING, root_level)
 
 
-def setup_logging(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> LogHandle:
+def setup_logging(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
+                  redactor: Redactor = PATTERNS_ONLY) -> LogHandle:
     """Install the redacting handler on the root logger (idempotent: replaces our previous one) and
     return its handle, which the caller owns.
 
@@ -233,8 +244,8 @@ def setup_logging(*, fmt: str = "auto", level: str = "info", stream: TextIO | No
     use_json = fmt == "json" or (fmt == "auto" and not tty)
     bar_enabled = tty and not use_json
     handler = _BarAwareHandler(stream, bar_enabled=bar_enabled)
-    handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.addFilter(RedactingFilter(redactor))
+    handler.setFormatter(JsonFormatter(redactor) if use_json else TextFormatter(redactor))
     root = logging.getLogger()
     saved = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
     saved[""] = root.level

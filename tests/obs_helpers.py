@@ -9,7 +9,7 @@ REPO = "org/model"
 REVISION = "main"
 COMMIT = "c0ffee" + "0" * 34
 CANARY_TOKEN = "hf_CanaryToken0123456789abcdef"
-CANARY_SECRET = "CanarySecretValue-9f8e7d"  # registered with redact.register_secret by tests
+CANARY_SECRET = "CanarySecretValue-9f8e7d"  # the run's own secret: tests hand it to the sinks via redact.Redactor
 SIGNED_URL = ("https://cdn-lfs.example.com/repos/ab/cd/model.safetensors"
               "?X-Amz-Signature=SIGNATURE0canary&Expires=1700000000&token=" + CANARY_SECRET)
 SECRETS = (CANARY_TOKEN, CANARY_SECRET, "SIGNATURE0canary")

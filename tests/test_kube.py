@@ -23,7 +23,6 @@ from provisioner.errors import Interrupted
 from provisioner.lock import FileLock
 from provisioner.manifest import FileEntry, Plan
 from provisioner.progress import Phase, Tracker
-from provisioner.redact import register_secret
 
 NS = "ns1"
 POD = "replica-0"
@@ -537,10 +536,9 @@ def test_forbidden_events_warn_once_and_condition_still_works(fake: FakeApiServe
 
 def test_no_secret_reaches_the_api(fake: FakeApiServer, environ: dict[str, str], tmp_path: Path) -> None:
     canary = "hf_canaryTOKEN1234567890abcdef"
-    register_secret(canary)
-    register_secret("s3cr3t-signature-value")
     tracker = _tracker()
-    features = _features(environ, tmp_path, tracker, readiness_condition="example.com/ready")
+    # the run's token is the canary (its Redactor comes from the config); the signature is in a URL query
+    features = _features(environ, tmp_path, tracker, readiness_condition="example.com/ready", token=canary)
     assert isinstance(features.coordinator, kube.LeaseCoordinator)
     with features.coordinator.hold(key=KEY, tracker=tracker, stop=threading.Event()):
         tracker.set_phase(Phase.DOWNLOADING)

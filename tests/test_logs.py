@@ -32,9 +32,7 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
-@pytest.fixture(autouse=True)
-def canary() -> None:
-    redact.register_secret(SECRETS[1])
+CANARY = redact.Redactor.for_secrets(SECRETS[1])  # the run's own secret (its token), given to the logging sink
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -49,7 +47,7 @@ def assert_clean(text: str) -> None:
 # ---- formats -------------------------------------------------------------------------------------
 def test_json_lines_have_ts_level_logger_msg_and_extras() -> None:
     out = io.StringIO()
-    logs.setup_logging(fmt="json", level="info", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt="json", level="info", stream=out)
     logging.getLogger("provisioner.test").info("hello %s", "world", extra={"event": "x", "n": 3, "ok": True})
     logging.getLogger("provisioner.test").debug("hidden at info")
     [line] = json_lines(out.getvalue())
@@ -60,7 +58,7 @@ def test_json_lines_have_ts_level_logger_msg_and_extras() -> None:
 
 def test_text_format_is_one_human_line() -> None:
     out = io.StringIO()
-    logs.setup_logging(fmt="text", level="debug", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt="text", level="debug", stream=out)
     logging.getLogger("provisioner.test").warning("disk %s", "slow", extra={"path": "a b.bin", "n": 2})
     text = out.getvalue()
     assert text.count("\n") == 1
@@ -72,12 +70,12 @@ def test_text_format_is_one_human_line() -> None:
 
 def test_auto_is_json_off_a_tty_and_text_on_a_tty() -> None:
     out = io.StringIO()
-    handle = logs.setup_logging(fmt="auto", level="info", stream=out)
+    handle = logs.setup_logging(redactor=CANARY, fmt="auto", level="info", stream=out)
     logging.getLogger("x").info("a")
     assert json_lines(out.getvalue())[0]["msg"] == "a"
     assert handle.bar_enabled is False
     tty = TTY()
-    handle = logs.setup_logging(fmt="auto", level="info", stream=tty)
+    handle = logs.setup_logging(redactor=CANARY, fmt="auto", level="info", stream=tty)
     logging.getLogger("x").info("b")
     assert tty.getvalue().rstrip().endswith("x: b")
     assert handle.bar_enabled is True
@@ -87,8 +85,8 @@ def test_setup_is_idempotent() -> None:
     out = io.StringIO()
     root = logging.getLogger()
     before = len(root.handlers)
-    logs.setup_logging(fmt="json", level="info", stream=out)
-    logs.setup_logging(fmt="json", level="warning", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt="json", level="info", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt="json", level="warning", stream=out)
     assert len(root.handlers) == before + 1
     logging.getLogger("x").info("dropped at warning")
     logging.getLogger("x").warning("kept")
@@ -97,10 +95,10 @@ def test_setup_is_idempotent() -> None:
 
 def test_noisy_libraries_are_quiet_unless_debug() -> None:
     out = io.StringIO()
-    logs.setup_logging(fmt="json", level="info", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt="json", level="info", stream=out)
     logging.getLogger("httpx").info("HTTP Request: GET https://huggingface.co/api/models/x")
     assert out.getvalue() == ""
-    logs.setup_logging(fmt="json", level="debug", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt="json", level="debug", stream=out)
     logging.getLogger("httpx").info("HTTP Request: GET " + SIGNED_URL)
     [line] = json_lines(out.getvalue())
     assert line["logger"] == "httpx" and "?<redacted>" in line["msg"]
@@ -110,16 +108,16 @@ def test_noisy_libraries_are_quiet_unless_debug() -> None:
 @pytest.mark.parametrize("level", ["nope", "TRACE"])
 def test_bad_settings_raise(level: str) -> None:
     with pytest.raises(ValueError):
-        logs.setup_logging(fmt="json", level=level, stream=io.StringIO())
+        logs.setup_logging(redactor=CANARY, fmt="json", level=level, stream=io.StringIO())
     with pytest.raises(ValueError):
-        logs.setup_logging(fmt="xml", level="info", stream=io.StringIO())
+        logs.setup_logging(redactor=CANARY, fmt="xml", level="info", stream=io.StringIO())
 
 
 # ---- redaction -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_messages_args_extras_and_tracebacks_are_redacted(fmt: str) -> None:
     out = io.StringIO()
-    logs.setup_logging(fmt=fmt, level="debug", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt=fmt, level="debug", stream=out)
     log = logging.getLogger("provisioner.fetch")
     log.info("GET %s", SIGNED_URL, extra={"url": SIGNED_URL, "headers": {"Authorization": f"Bearer {SECRETS[0]}"},
                                           "list": [SECRETS[1], 1]})
@@ -165,7 +163,7 @@ def drive_a_run(tracker: Tracker) -> None:
 
 def test_reporter_logs_one_structured_line_per_event() -> None:
     out = io.StringIO()
-    logs.setup_logging(fmt="json", level="info", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt="json", level="info", stream=out)
     tracker = Tracker(repo_id="org/model", revision="main")
     reporter = logs.ProgressReporter(tracker, interval=3600, logger=logging.getLogger("provisioner.progress"))
     reporter.start()
@@ -198,7 +196,7 @@ def test_reporter_logs_one_structured_line_per_event() -> None:
 
 def test_reporter_logs_ready() -> None:
     out = io.StringIO()
-    logs.setup_logging(fmt="json", level="info", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt="json", level="info", stream=out)
     tracker = downloading_tracker()
     with logs.ProgressReporter(tracker, interval=3600):
         tracker.mark_ready()
@@ -208,7 +206,7 @@ def test_reporter_logs_ready() -> None:
 
 def test_heartbeat_has_progress_fields_only_while_downloading() -> None:
     out = io.StringIO()
-    logs.setup_logging(fmt="json", level="info", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt="json", level="info", stream=out)
     clock = FakeClock()
     tracker = downloading_tracker(clock, plan=make_plan({"a.bin": 4000}))
     reporter = logs.ProgressReporter(tracker, interval=3600)
@@ -227,7 +225,7 @@ def test_heartbeat_has_progress_fields_only_while_downloading() -> None:
 
 def test_heartbeat_thread_runs_every_interval_and_stops() -> None:
     out = io.StringIO()
-    logs.setup_logging(fmt="json", level="info", stream=out)
+    logs.setup_logging(redactor=CANARY, fmt="json", level="info", stream=out)
     tracker = downloading_tracker()
     reporter = logs.ProgressReporter(tracker, interval=0.05).start()
     try:
@@ -242,7 +240,7 @@ def test_heartbeat_thread_runs_every_interval_and_stops() -> None:
 
 def test_tty_text_renders_a_progress_bar_instead_of_heartbeat_lines() -> None:
     tty = TTY()
-    logs.setup_logging(fmt="auto", level="info", stream=tty)
+    logs.setup_logging(redactor=CANARY, fmt="auto", level="info", stream=tty)
     tracker = downloading_tracker(plan=make_plan({"a.bin": 1000}))
     reporter = logs.ProgressReporter(tracker, interval=10)
     assert reporter.bar is True

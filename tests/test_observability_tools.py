@@ -61,7 +61,7 @@ def busy_tracker() -> Tracker:
 def live() -> Iterator[HealthServer]:
     t = busy_tracker()
     srv = HealthServer("127.0.0.1:0", tracker=t, registry=metrics.make_registry(t), ready_check=lambda: True,
-                       stall_limit=5).start()
+                       stall_limit=5, redactor=redact.Redactor.for_secrets(SECRETS[1])).start()
     yield srv
     srv.stop()
 
@@ -173,13 +173,12 @@ def test_every_panel_query_parses(tmp_path: Path) -> None:
 
 # ---- no secrets anywhere -----------------------------------------------------------------------
 def test_no_secret_in_any_output(live: HealthServer) -> None:
-    redact.register_secret(SECRETS[1])
     outputs: dict[str, str] = {}
     for path in ("/metrics", "/status", "/healthz", "/readyz", "/nope"):
         outputs[path] = http_get(live.url + path)[2].decode()
     for fmt in ("json", "text"):
         stream = io.StringIO()
-        with logs.setup_logging(fmt=fmt, level="debug", stream=stream):
+        with logs.setup_logging(redactor=redact.Redactor.for_secrets(SECRETS[1]), fmt=fmt, level="debug", stream=stream):
             t = Tracker(repo_id="org/model", revision="main")
             reporter = logs.ProgressReporter(t, interval=3600).start()
             t.set_plan(make_plan())

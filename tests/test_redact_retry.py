@@ -7,15 +7,14 @@ import random
 import pytest
 
 from provisioner.errors import RetryBudgetExhausted
-from provisioner.redact import redact, register_secret
+from provisioner.redact import Redactor, redact
 from provisioner.retry import RetryBudget, backoff_delay, parse_retry_after
 
 
 def test_redact_urls_tokens_and_headers() -> None:
-    register_secret("s3cr3t-token-value")
     text = ("GET https://cdn.example/blob/abc?Expires=1&Signature=zzz failed; Authorization: Bearer hf_abcdefghijk;"
             " token s3cr3t-token-value; other hf_zyxwvutsrqpo")
-    out = redact(text)
+    out = Redactor.for_secrets("s3cr3t-token-value")(text)
     for secret in ("Signature=zzz", "Expires=1", "hf_abcdefghijk", "s3cr3t-token-value", "hf_zyxwvutsrqpo"):
         assert secret not in out
     assert "https://cdn.example/blob/abc" in out

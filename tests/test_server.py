@@ -53,7 +53,8 @@ def ready() -> Ready:
 @pytest.fixture
 def server(tracker: Tracker, ready: Ready, clock: FakeClock) -> Iterator[HealthServer]:
     srv = HealthServer("127.0.0.1:0", tracker=tracker, registry=metrics.make_registry(tracker),
-                       ready_check=ready, stall_limit=STALL, clock=clock)
+                       ready_check=ready, stall_limit=STALL, clock=clock,
+                       redactor=redact.Redactor.for_secrets(SECRETS[1]))  # the run's own secret
     srv.start()
     yield srv
     srv.stop()
@@ -169,7 +170,6 @@ def test_readyz_does_not_trust_the_tracker(server: HealthServer, tracker: Tracke
 
 # ---- /status -------------------------------------------------------------------------------------
 def test_status_is_the_snapshot_redacted(server: HealthServer, tracker: Tracker) -> None:
-    redact.register_secret(SECRETS[1])
     leaky_retry(tracker)
     tracker.add_bytes("config.json", 10)
     status, headers, body = get(server, "/status")

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..config import Config
 from ..lock import Coordinator, FileLock
 from ..progress import Tracker
-from ..redact import redact
+from ..redact import Redactor, redact
 from .client import KubeApi, KubeApiError, PodIdentity, connect, log, micro_time, pod_identity, wanted
 from .events import Reporter
 from .lease import LeaseCoordinator, lease_name, volume_id
@@ -97,7 +97,7 @@ def setup(config: Config, *, tracker: Tracker, target: Path,
     reporter: Reporter | None = None
     if want_events or config.readiness_condition:
         reporter = Reporter(api, pod, repo_id=config.repo_id, events=want_events,
-                            condition_type=config.readiness_condition)
+                            condition_type=config.readiness_condition, redactor=Redactor.for_secrets(config.token))
         tracker.subscribe(reporter.on_tracker_event)
     coordinator: Coordinator | None = None
     if want_lease:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..redact import redact
+from ..redact import PATTERNS_ONLY, Redactor, redact
 
 log = logging.getLogger("provisioner.kube")
 
@@ -56,9 +56,9 @@ def parse_time(value: Any) -> float | None:
         return None
 
 
-def clean(message: str) -> str:
+def clean(message: str, redactor: Redactor = PATTERNS_ONLY) -> str:
     """Every string we send to the API: secrets stripped, bounded length."""
-    text = redact(message)
+    text = redactor(message)
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
 

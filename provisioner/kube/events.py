@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..progress import Event, EventKind
+from ..redact import PATTERNS_ONLY, Redactor
 from .client import COMPONENT, KubeApi, KubeApiError, PodIdentity, clean, log, second_time
 
 EVENT_QUEUE_SIZE = 256
@@ -68,9 +69,10 @@ class Reporter:
     def __init__(self, api: KubeApi, pod: PodIdentity, *, repo_id: str, events: bool,
                  condition_type: str, clock: Callable[[], float] = time.monotonic,
                  aggregate_seconds: float = EVENT_AGGREGATE_SECONDS, burst: int = EVENT_BURST,
-                 refill_seconds: float = EVENT_REFILL_SECONDS) -> None:
+                 refill_seconds: float = EVENT_REFILL_SECONDS, redactor: Redactor = PATTERNS_ONLY) -> None:
         self.api = api
         self.pod = pod
+        self.redactor = redactor
         self.repo_id = repo_id
         self.events_on = events
         self.condition_type = condition_type
@@ -137,11 +139,11 @@ class Reporter:
     def event(self, reason: str, message: str, *, type_: str = "Normal", key: str = "",
               important: bool = False) -> None:
         if self.events_on and not self._closed:
-            self._put(_EventJob(reason, type_, clean(message), key or message, important=important))
+            self._put(_EventJob(reason, type_, clean(message, self.redactor), key or message, important=important))
 
     def condition(self, status: bool, message: str) -> None:
         if self.condition_on and not self._closed:
-            self._put(_ConditionJob(status, clean(message)))
+            self._put(_ConditionJob(status, clean(message, self.redactor)))
 
     def _put(self, job: _EventJob | _ConditionJob) -> None:
         try:

@@ -29,7 +29,7 @@ from ..errors import ConfigError, ExitCode, Interrupted, ProvisionerError, exit_
 from ..layout import model_dir as model_dir_for
 from ..marker import check_ready
 from ..progress import Tracker
-from ..redact import redact, register_secret
+from ..redact import Redactor, redact
 from .server import HealthServer, bind_error_message
 
 # After SIGTERM, how long the worker may take to flush and stop before the process exits anyway
@@ -56,8 +56,8 @@ def run_service(cfg: Config, *, free_space: FreeSpace = None) -> int:
     Logging stays installed when this returns: the process is about to exit, and a daemon thread
     still finishing (an abandoned worker) must log in the configured format, not Python's fallback.
     """
-    register_secret(cfg.token)
-    log_handle = logs.setup_logging(fmt=cfg.log_format, level=cfg.log_level)
+    redactor = Redactor.for_secrets(cfg.token)  # the run's secrets, handed to every sink
+    log_handle = logs.setup_logging(fmt=cfg.log_format, level=cfg.log_level, redactor=redactor)
     stop = Stop()
     install_signal_handlers(stop)
     tracker = Tracker(repo_id=cfg.repo_id, revision=cfg.revision)
@@ -66,7 +66,7 @@ def run_service(cfg: Config, *, free_space: FreeSpace = None) -> int:
     reporter.start()
     server: HealthServer | None = None
     try:
-        server = _start_server(cfg, tracker=tracker, registry=registry)
+        server = _start_server(cfg, tracker=tracker, registry=registry, redactor=redactor)
         log.info("starting", extra={"settings": cfg.redacted()})
         code = _provision_until_settled(cfg, tracker=tracker, stop=stop, free_space=free_space)
         if cfg.pushgateway:
@@ -83,14 +83,15 @@ def run_service(cfg: Config, *, free_space: FreeSpace = None) -> int:
             server.stop()
 
 
-def _start_server(cfg: Config, *, tracker: Tracker, registry: CollectorRegistry) -> HealthServer | None:
+def _start_server(cfg: Config, *, tracker: Tracker, registry: CollectorRegistry,
+                  redactor: Redactor) -> HealthServer | None:
     if not cfg.listen:
         return None
     # the folder the app reads (the revision's link in the versioned layout), for the revision it asked for
     model_dir = model_dir_for(target=Path(cfg.target), revision=cfg.revision, layout=cfg.layout)
     server = HealthServer(cfg.listen, tracker=tracker, registry=registry,
                           ready_check=lambda: check_ready(model_dir, repo_id=cfg.repo_id, revision=cfg.revision).ok,
-                          stall_limit=cfg.stall_timeout)
+                          stall_limit=cfg.stall_timeout, redactor=redactor)
     try:
         server.start()
     except OSError as exc:  # a busy or forbidden port is a setting to fix: one line and exit 2, no traceback

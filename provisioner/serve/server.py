@@ -25,9 +25,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from ..logs import redact_value
 from ..metrics import CONTENT_TYPE, render
 from ..progress import Event, Phase, Tracker
-from ..redact import redact
+from ..redact import PATTERNS_ONLY, Redactor, redact
 
 log = logging.getLogger("provisioner.server")  # the name log consumers already filter on
 
@@ -60,16 +61,6 @@ def bind_error_message(listen: str, exc: OSError) -> str:
            errno.EADDRNOTAVAIL: "is not an address of this host"}.get(exc.errno or 0, "cannot be bound")
     fix = "a free port" if exc.errno == errno.EADDRINUSE else "an address and port this process may bind"
     return f"listen: {listen} {why} ({name}); set --listen / PROVISIONER_LISTEN to {fix} or 'off'"
-
-
-def _redact_json(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {redact(str(k)): _redact_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact_json(v) for v in value]
-    return value
 
 
 class _Server(ThreadingHTTPServer):
@@ -154,9 +145,10 @@ class HealthServer:
 
     def __init__(self, listen: str, *, tracker: Tracker, registry: CollectorRegistry,
                  ready_check: Callable[[], bool], stall_limit: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, redactor: Redactor = PATTERNS_ONLY) -> None:
         self.host, self._requested_port = parse_listen(listen)
         self.tracker = tracker
+        self.redactor = redactor  # the run's secrets: /status and log lines never carry them
         self.registry = registry
         self.ready_check = ready_check
         self.stall_limit = float(stall_limit)
@@ -250,7 +242,7 @@ class HealthServer:
             try:
                 ok = bool(self.ready_check())
             except Exception as exc:  # noqa: BLE001 - a broken check means "not ready", never a 500
-                log.warning("ready check failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+                log.warning("ready check failed: %s", self.redactor(f"{type(exc).__name__}: {exc}"))
                 ok = False
             self._ready_cache = (self._clock(), ok)
             return ok
@@ -267,7 +259,7 @@ class HealthServer:
             return (200, b"ready\n", "text/plain; charset=utf-8") if ok else \
                 (503, b"not ready\n", "text/plain; charset=utf-8")
         if path == "/status":
-            return 200, _json(_redact_json(self.tracker.snapshot())), "application/json"
+            return 200, _json(redact_value(self.tracker.snapshot(), self.redactor)), "application/json"
         return 404, b"not found\n", "text/plain; charset=utf-8"
 
 
