@@ -27,10 +27,14 @@ pip_setting() {  # the host pip's value of one setting, from the environment or 
     printf '%s' "$value"
 }
 
+# Revision and date go in as --label, not as the Dockerfile's build args: buildah 1.28 reuses a cached
+# LABEL step whose ARG values changed (a stale label), and a changing ARG re-runs every later RUN step.
+revision="$(git -C "$podman_repo_root" rev-parse HEAD 2>/dev/null || echo unknown)"
+created="$(git -C "$podman_repo_root" log -1 --format=%cI 2>/dev/null || echo unknown)"
 args=(--pull=never --layers --build-arg "PYTHON_IMAGE=$MP_PODMAN_BASE_IMAGE"
       --build-arg "EMBED=${MP_PODMAN_EMBED:-0}"
-      --build-arg "REVISION=$(git -C "$podman_repo_root" rev-parse HEAD 2>/dev/null || echo unknown)"
-      --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+      --label "org.opencontainers.image.revision=$revision"
+      --label "org.opencontainers.image.created=$created")
 
 ca="${MP_PODMAN_CA_BUNDLE:-$(pip_setting PIP_CERT global.cert)}"
 [ -n "$ca" ] || ca=/etc/ssl/certs/ca-certificates.crt

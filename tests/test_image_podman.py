@@ -17,7 +17,7 @@ from tests.podman_helpers import build_image, image_config, podman, skip_reason
 
 TMPFS = "/tmp"  # noqa: S108 - inside the container
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.timeout(1800)]  # a cold image build is in setup
 
 # Settings the build needs (proxy, CA bundle, package index, pip options) that must not leak into the image.
 BUILD_ONLY_ENV = re.compile(r"(?i)^(https?_proxy|no_proxy|all_proxy|ftp_proxy|pip_\w+|\w*ca_bundle|\w*ca_certs?\w*"
