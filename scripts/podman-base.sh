@@ -16,6 +16,15 @@ if [ "${MP_PODMAN_BASE_REBUILD:-0}" != "1" ] && podman image exists "$MP_PODMAN_
     exit 0
 fi
 
+if [ "$(id -u)" -ne 0 ]; then
+    podman_log "debootstrap needs root: run this script as root (or import a python3.11 Debian image yourself)"
+    exit 1
+fi
+if ! command -v debootstrap >/dev/null 2>&1; then
+    podman_log "debootstrap is not installed: run scripts/install-tools.sh"
+    exit 1
+fi
+
 # The apt mirror of this host: one-line sources.list entries first, then deb822 *.sources files.
 debian_mirror() {
     local uri
