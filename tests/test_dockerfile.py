@@ -145,12 +145,11 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_sends_only_what_the_build_copies() -> None:
     patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    for needed in ("pyproject.toml", "README.md", "provisioner/cli.py", "provisioner/api.py"):
+    for needed in ("pyproject.toml", "README.md", "provisioner/cli.py", "provisioner/fetch.py"):
         assert not _ignored(needed, patterns), f"{needed} is needed by the build"
-    # The hub emulator is test code (before and after it moved out of the package), not runtime.
     for unwanted in (".git/config", ".tools/bin/helm", "tests/test_chart.py", "charts/model-provisioner/Chart.yaml",
                      "provisioner/__pycache__/cli.cpython-311.pyc", "benchmarks/results/x.json",
-                     "provisioner/testing/hub.py", "emulator/hub_emulator/core.py", "scripts/podman-image.sh"):
+                     "emulator/hub_emulator/server.py", "emulator/pyproject.toml"):
         assert _ignored(unwanted, patterns), f"{unwanted} should not be in the build context"
     copies = [rest.split()[:-1] for w, rest in instructions() if w == "COPY" and "--from" not in rest]
     for sources in copies:
@@ -177,3 +176,9 @@ def test_runtime_venv_is_trimmed() -> None:
     assert "pip uninstall --yes pip setuptools" in build, "the runtime installs nothing: no pip in the image"
     assert '"$site/kubernetes/aio"' in build and "-name tests" in build
     assert "from kubernetes import client, config" in build, "the trim is checked by importing what kube.py uses"
+
+
+def test_dockerignore_keeps_test_code_and_build_scripts_out() -> None:
+    patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    for unwanted in ("provisioner/testing/hub.py", "scripts/podman-image.sh", "tests/test_podman_chart.py"):
+        assert _ignored(unwanted, patterns), f"{unwanted} should not be in the build context"

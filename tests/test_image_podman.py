@@ -12,8 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-from tests.podman_helpers import build_image, image_config, podman, skip_reason
+from podman_helpers import ROOT, build_image, image_config, podman, skip_reason
 
 TMPFS = "/tmp"  # noqa: S108 - inside the container
 
@@ -22,6 +21,12 @@ pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.timeout(1800)]  
 # Settings the build needs (proxy, CA bundle, package index, pip options) that must not leak into the image.
 BUILD_ONLY_ENV = re.compile(r"(?i)^(https?_proxy|no_proxy|all_proxy|ftp_proxy|pip_\w+|\w*ca_bundle|\w*ca_certs?\w*"
                             r"|ssl_cert_\w+|torch_\w+|embed)$")
+
+
+def exposed_port() -> str:
+    """The Dockerfile's EXPOSE (the provisioner's default port)."""
+    (port,) = re.findall(r"^EXPOSE\s+(\d+)\s*$", (ROOT / "Dockerfile").read_text(), re.M)
+    return port
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +43,7 @@ def test_image_metadata(image: str) -> None:
     cfg = image_config(image)
     assert cfg["User"] == "10001:10001"
     assert cfg["Entrypoint"] == ["model-provisioner"] and cfg["Cmd"] == ["run"]
-    assert "8080/tcp" in cfg["ExposedPorts"]
+    assert f"{exposed_port()}/tcp" in cfg["ExposedPorts"]
     assert cfg["Labels"]["org.opencontainers.image.title"] == "model-provisioner"
     assert cfg["Labels"]["io.model-provisioner.embed"] == "0"
 

@@ -44,9 +44,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from tests.cli_helpers import json_lines, wait_until
-from tests.podman_helpers import build_image, podman, podman_env, skip_reason
+from cli_helpers import json_lines, wait_until
+from podman_helpers import build_image, podman, podman_env, skip_reason
 
 try:
     from hub_emulator import HubEmulator
@@ -116,13 +115,30 @@ def render(helm: str, *, release: str, values: dict[str, Any], tmp: Path) -> lis
 def base_values(*, image: str, hub: HubEmulator) -> dict[str, Any]:
     repository, tag = image.rsplit(":", 1)
     app_repository, _, app_tag = podman_env()["MP_PODMAN_BASE_IMAGE"].partition(":")
+    provisioner: dict[str, Any] = {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+                                   "progressInterval": 1}
+    # Host networking: a free port, on loopback where the chart takes an address (provisioner.listen).
+    chart_defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    if "listen" in chart_defaults["provisioner"]:
+        provisioner["listen"] = f"127.0.0.1:{free_port()}"
+    else:
+        provisioner["listenPort"] = free_port()
     return {
         "model": {"repoId": REPO_ID, "verify": "checksums", "endpoint": hub.url},
-        "provisioner": {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-                        "listenPort": free_port(), "progressInterval": 1},
-        "app": {"image": {"repository": app_repository, "tag": app_tag or "latest", "pullPolicy": "Never"}},
+        "provisioner": provisioner,
+        # A trailing slash so `ls` lists the folder even when MODEL_DIR is a revision link (versioned layout).
+        "app": {"image": {"repository": app_repository, "tag": app_tag or "latest", "pullPolicy": "Never"},
+                "args": ['ls -la "$MODEL_DIR/" && exec sleep 2147483647']},
         "tests": {"enabled": False},
     }
+
+
+def model_dir_in_volume(pod: dict[str, Any]) -> Path:
+    """The app's MODEL_DIR relative to the model volume: `.` (flat layout) or a revision link (versioned)."""
+    (app,) = [c for c in pod["spec"]["containers"] if c["name"] == "app"]
+    model_dir = next(e["value"] for e in app["env"] if e["name"] == "MODEL_DIR")
+    mount = next(m["mountPath"] for m in app["volumeMounts"] if m["name"] == "models")
+    return Path(model_dir).relative_to(mount)
 
 
 def adapt_for_podman(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -266,7 +282,7 @@ def test_init_mode_app_starts_after_the_verified_model(image: str, helm: str, hu
             assert needed in listing, f"the app does not see {needed}:\n{listing}"
         # The app reads what the init container wrote (read-only mount), including the marker.
         proc = podman("exec", app_ctr, "sh", "-c",
-                      "stat -c '%u %s' /models/model.safetensors && cat /models/.provisioner/ready.json")
+                      'stat -L -c "%u %s" "$MODEL_DIR/model.safetensors" && cat "$MODEL_DIR/.provisioner/ready.json"')
         assert proc.returncode == 0, proc.stderr
         owner, size = proc.stdout.splitlines()[0].split()
         assert int(owner) == UID and int(size) > 90_000_000
@@ -287,7 +303,8 @@ def test_node_cache_fills_the_host_path_as_10001(image: str, helm: str, hub: Hub
     assert set(pods) == {"node-cache", "app"}
     cache_pod = pods["node-cache"]
     assert [c["name"] for c in cache_pod["spec"]["initContainers"]] == ["fix-permissions"]
-    marker = host_dir / ".provisioner" / "ready.json"
+    host_model = host_dir / model_dir_in_volume(pods["app"])  # the app's MODEL_DIR, seen from the host
+    marker = host_model / ".provisioner" / "ready.json"
 
     with played(cache_pod, tmp_path) as name:
         fix = state(f"{name}-fix-permissions")
@@ -299,9 +316,9 @@ def test_node_cache_fills_the_host_path_as_10001(image: str, helm: str, hub: Hub
         assert state(provisioner_ctr)["Status"] == "running", "the cache keeps serving after ready (sidecar mode)"
         files = list(host_dir.rglob("*"))
         assert host_dir.stat().st_uid == UID, "fix-permissions chowns the hostPath to 10001"
-        wrong = [(str(p), p.stat().st_uid) for p in files if p.stat().st_uid != UID]
+        wrong = [(str(p), p.lstat().st_uid) for p in files if p.lstat().st_uid != UID]
         assert not wrong, f"files on the hostPath not owned by {UID}: {wrong}"
-        assert (host_dir / "model.safetensors").stat().st_size > 90_000_000
+        assert (host_model / "model.safetensors").stat().st_size > 90_000_000
         assert json.loads(marker.read_text())["repo_id"] == REPO_ID
         print(f"node cache {provisioner_ctr}: running; hostPath {host_dir} owner uid {host_dir.stat().st_uid}, "
               f"{len(files)} entries all uid {UID}, marker {marker.relative_to(host_dir)}")
