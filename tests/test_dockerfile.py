@@ -126,7 +126,9 @@ def test_chart_runs_the_image_as_its_user() -> None:
     values = yaml.safe_load((ROOT / "charts" / "model-provisioner" / "values.yaml").read_text())
     assert values["provisioner"]["securityContext"]["runAsUser"] == UID
     assert values["podSecurityContext"]["runAsUser"] == UID and values["podSecurityContext"]["fsGroup"] == UID
-    assert values["provisioner"]["listenPort"] == 8080
+    provisioner = values["provisioner"]  # `listen: HOST:PORT`, or the older `listenPort`
+    port = int(str(provisioner["listen"]).rsplit(":", 1)[1]) if "listen" in provisioner else provisioner["listenPort"]
+    assert ("EXPOSE", str(port)) in stages()[-1], "the image exposes the chart's default port"
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
