@@ -16,6 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 
@@ -72,3 +74,12 @@ def image_config(image: str) -> dict[str, Any]:
     config: dict[str, Any] = info["Config"]
     return config
 
+
+def image_or_skip() -> str:
+    """For the test files' session fixtures: the built slim image, or a skip saying why podman cannot run."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    name, sizes = build_image()
+    print(sizes)
+    return name

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from podman_helpers import ROOT, build_image, image_config, podman, skip_reason
+from podman_helpers import ROOT, image_config, image_or_skip, podman
 
 TMPFS = "/tmp"  # noqa: S108 - inside the container
 
@@ -31,12 +31,7 @@ def exposed_port() -> str:
 
 @pytest.fixture(scope="session")
 def image() -> str:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    name, sizes = build_image()
-    print(sizes)
-    return name
+    return image_or_skip()  # built once per test process, shared with the other podman test file
 
 
 def test_image_metadata(image: str) -> None:

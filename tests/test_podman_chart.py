@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 import yaml
 from cli_helpers import json_lines, wait_until
-from podman_helpers import build_image, podman, podman_env, skip_reason
+from podman_helpers import image_or_skip, podman, podman_env
 
 try:
     from hub_emulator import HubEmulator
@@ -69,12 +69,7 @@ pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.timeout(1800)]  
 
 @pytest.fixture(scope="session")
 def image() -> str:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    name, sizes = build_image()
-    print(sizes)
-    return name
+    return image_or_skip()  # built once per test process, shared with the other podman test file
 
 
 @pytest.fixture(scope="module")
