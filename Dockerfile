@@ -3,6 +3,11 @@
 #   podman build -t model-provisioner:dev .                 # with the embedding smoke test (CPU torch)
 #   podman build -t model-provisioner:slim --build-arg EMBED=0 .   # checksums only, no torch
 #
+# PYTHON_IMAGE picks the base (any Debian-like image with python3.11 + venv as `python`); where no registry
+# is reachable, scripts/podman-image.sh builds on a debootstrap-made one (scripts/podman-base.sh).
+# Behind a TLS-intercepting proxy, give pip the CA bundle as a build secret (never an ENV of the image):
+#   podman build --secret id=host-ca,src=/etc/ssl/certs/ca-certificates.crt ...
+#
 # The image runs as UID/GID 10001, writes only to /tmp and the model volume, and so works with
 # readOnlyRootFilesystem: true (mount an emptyDir at /tmp; the Helm chart does).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -14,6 +19,8 @@ FROM ${PYTHON_IMAGE} AS build
 ARG EMBED=1
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Optional package index (a mirror); only this stage sees it, so it never reaches the final image.
+ARG PIP_INDEX_URL=https://pypi.org/simple
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -21,21 +28,36 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 
 # torch first, in its own layer: it is by far the largest and changes least often.
-RUN python -m venv /opt/venv \
+# The optional `host-ca` secret is the CA bundle pip must trust (mounted only while this step runs).
+RUN --mount=type=secret,id=host-ca \
+    if [ -s /run/secrets/host-ca ]; then export PIP_CERT=/run/secrets/host-ca; fi \
+    && python -m venv /opt/venv \
     && if [ "$EMBED" = "1" ]; then \
-        pip install --no-cache-dir "torch==${TORCH_VERSION}" --extra-index-url "${TORCH_EXTRA_INDEX_URL}"; \
+        pip install --no-cache-dir --index-url "${PIP_INDEX_URL}" "torch==${TORCH_VERSION}" \
+            --extra-index-url "${TORCH_EXTRA_INDEX_URL}"; \
     fi
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY provisioner ./provisioner
-RUN if [ "$EMBED" = "1" ]; then extra="[embed]"; else extra=""; fi \
-    && pip install --no-cache-dir "./${extra}" \
-    && model-provisioner --help > /dev/null
+# Then the package. Afterwards, trim what the runtime never runs: pip and setuptools (it installs
+# nothing), the packages' own test suites, and the kubernetes asyncio client (kubernetes/aio, ~70 MB;
+# provisioner/kube.py uses the sync client only).
+RUN --mount=type=secret,id=host-ca \
+    if [ -s /run/secrets/host-ca ]; then export PIP_CERT=/run/secrets/host-ca; fi \
+    && if [ "$EMBED" = "1" ]; then extra="[embed]"; else extra=""; fi \
+    && pip install --no-cache-dir --index-url "${PIP_INDEX_URL}" "./${extra}" \
+    && model-provisioner --help > /dev/null \
+    && pip uninstall --yes pip setuptools \
+    && site="$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && rm -rf /opt/venv/bin/pip* /opt/venv/share "$site/kubernetes/aio" \
+    && find "$site" -depth -type d \( -name tests -o -name test \) -exec rm -rf {} + \
+    && python -c 'from kubernetes import client, config; import provisioner.kube, provisioner.cli'
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
+ARG PYTHON_IMAGE
 ARG EMBED=1
 ARG VERSION=0.1.0
 ARG REVISION=unknown
@@ -47,7 +69,7 @@ LABEL org.opencontainers.image.title="model-provisioner" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="python:3.11-slim-bookworm" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}" \
       io.model-provisioner.embed="${EMBED}"
 
 RUN groupadd --system --gid 10001 provisioner \

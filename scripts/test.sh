@@ -8,7 +8,7 @@ bash scripts/install-python.sh test
 bash scripts/install-tools.sh
 export PATH="$repo_root/.tools/bin:$PATH"
 # Tool-backed tests skip when a tool is absent (handy on a laptop); here a missing tool is an install bug.
-for tool in helm kubectl promtool prometheus prometheus-pushgateway hadolint kubernetes-validate; do
+for tool in helm kubectl promtool prometheus prometheus-pushgateway hadolint kubernetes-validate podman debootstrap; do
     command -v "$tool" >/dev/null || { echo "test: $tool is missing after install" >&2; exit 1; }
 done
 echo "test: ruff" >&2

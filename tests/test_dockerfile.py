@@ -88,8 +88,8 @@ def test_cpu_torch_only_with_embed() -> None:
     assert args["EMBED"] == "1" and args["TORCH_VERSION"] == "2.13.0"
     assert args["TORCH_EXTRA_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     runs = " ".join(rest for w, rest in build if w == "RUN")
-    assert re.search(r'if \[ "\$EMBED" = "1" \]; then\s+pip install --no-cache-dir "torch==\$\{TORCH_VERSION\}" '
-                     r'--extra-index-url "\$\{TORCH_EXTRA_INDEX_URL\}"', runs), runs
+    assert re.search(r'if \[ "\$EMBED" = "1" \]; then\s+pip install --no-cache-dir --index-url "\$\{PIP_INDEX_URL\}" '
+                     r'"torch==\$\{TORCH_VERSION\}"\s+--extra-index-url "\$\{TORCH_EXTRA_INDEX_URL\}"', runs), runs
     assert '"./${extra}"' in runs and 'extra="[embed]"' in runs, "EMBED=0 installs without the embed extra"
 
 
@@ -126,7 +126,9 @@ def test_chart_runs_the_image_as_its_user() -> None:
     values = yaml.safe_load((ROOT / "charts" / "model-provisioner" / "values.yaml").read_text())
     assert values["provisioner"]["securityContext"]["runAsUser"] == UID
     assert values["podSecurityContext"]["runAsUser"] == UID and values["podSecurityContext"]["fsGroup"] == UID
-    assert values["provisioner"]["listenPort"] == 8080
+    provisioner = values["provisioner"]  # `listen: HOST:PORT`, or the older `listenPort`
+    port = int(str(provisioner["listen"]).rsplit(":", 1)[1]) if "listen" in provisioner else provisioner["listenPort"]
+    assert ("EXPOSE", str(port)) in stages()[-1], "the image exposes the chart's default port"
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
@@ -155,3 +157,30 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     for sources in copies:
         for src in sources:
             assert (ROOT / src).exists() or src == "README.md", f"COPY source {src} does not exist"
+
+
+def test_build_settings_stay_out_of_the_runtime_stage() -> None:
+    """Proxy / CA / index settings are build-stage ARGs or a secret mount, never an ENV of the image."""
+    build, runtime = stages()[0], stages()[-1]
+    build_only = re.compile(r"(?i)^(https?_proxy|no_proxy|pip_\w+|\w*ca_bundle|ssl_cert_\w+|requests_ca_bundle)$")
+    runtime_names = set(env_of(runtime)) | {rest.split("=", 1)[0] for w, rest in runtime if w == "ARG"}
+    assert not [n for n in runtime_names if build_only.match(n)], runtime_names
+    assert "PIP_INDEX_URL" in {rest.split("=", 1)[0] for w, rest in build if w == "ARG"}
+    pip_runs = [rest for w, rest in build if w == "RUN" and "pip install" in rest]
+    assert pip_runs and all(r.startswith("--mount=type=secret,id=host-ca") for r in pip_runs), pip_runs
+    assert all("PIP_CERT=/run/secrets/host-ca" in r and "ENV" not in r for r in pip_runs)
+    labels = " ".join(rest for w, rest in runtime if w == "LABEL")
+    assert 'org.opencontainers.image.base.name="${PYTHON_IMAGE}"' in labels
+
+
+def test_runtime_venv_is_trimmed() -> None:
+    build = " ".join(rest for w, rest in stages()[0] if w == "RUN")
+    assert "pip uninstall --yes pip setuptools" in build, "the runtime installs nothing: no pip in the image"
+    assert '"$site/kubernetes/aio"' in build and "-name tests" in build
+    assert "from kubernetes import client, config" in build, "the trim is checked by importing what kube.py uses"
+
+
+def test_dockerignore_keeps_test_code_and_build_scripts_out() -> None:
+    patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    for unwanted in ("provisioner/testing/hub.py", "scripts/podman-image.sh", "tests/test_podman_chart.py"):
+        assert _ignored(unwanted, patterns), f"{unwanted} should not be in the build context"

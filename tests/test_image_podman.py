@@ -1,89 +1,68 @@
-"""Build the image with podman and run it (slow, optional: MP_TEST_PODMAN=1).
+"""The slim image, built for real with podman (scripts/podman-image.sh, once per test session) and run.
 
-No registry is reachable on our machines, so the base image must already be in podman's store:
-set MP_PODMAN_BASE_IMAGE to a local image with Python 3.11 (default python:3.11-slim-bookworm, e.g.
-made with debootstrap + `podman import`). Building with EMBED=1 also needs PyPI / download.pytorch.org;
-MP_PODMAN_EMBED=0 (the default here) builds the small checksums-only image. MP_PODMAN_BUILD_ARGS adds
-`podman build` arguments, e.g. behind a TLS-intercepting proxy:
-  MP_PODMAN_BUILD_ARGS="-v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --env PIP_CERT=/run/host-ca.crt"
+Podman is part of CI: these tests skip only when podman cannot run on the machine at all
+(tests/podman_helpers.skip_reason), never because of a setting.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
-import subprocess
-import uuid
-from collections.abc import Iterator
+import re
 from pathlib import Path
 
 import pytest
+from podman_helpers import ROOT, image_config, image_or_skip, podman
 
-ROOT = Path(__file__).resolve().parents[1]
 TMPFS = "/tmp"  # noqa: S108 - inside the container
 
-pytestmark = [
-    pytest.mark.podman,
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("MP_TEST_PODMAN") != "1", reason="set MP_TEST_PODMAN=1 to build the image"),
-]
+pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.timeout(1800)]  # a cold image build is in setup
+
+# Settings the build needs (proxy, CA bundle, package index, pip options) that must not leak into the image.
+BUILD_ONLY_ENV = re.compile(r"(?i)^(https?_proxy|no_proxy|all_proxy|ftp_proxy|pip_\w+|\w*ca_bundle|\w*ca_certs?\w*"
+                            r"|ssl_cert_\w+|torch_\w+|embed)$")
 
 
-# What works on our machines (no Docker engine; runc; bounded ulimits). MP_PODMAN_CONTAINERS_CONF overrides.
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]
-
-[engine]
-runtime = "runc"
-"""
+def exposed_port() -> str:
+    """The Dockerfile's EXPOSE (the provisioner's default port)."""
+    (port,) = re.findall(r"^EXPOSE\s+(\d+)\s*$", (ROOT / "Dockerfile").read_text(), re.M)
+    return port
 
 
-@pytest.fixture(scope="module", autouse=True)
-def containers_conf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    path = os.environ.get("MP_PODMAN_CONTAINERS_CONF")
-    if not path:
-        conf = tmp_path_factory.mktemp("podman") / "containers.conf"
-        conf.write_text(CONTAINERS_CONF)
-        path = str(conf)
-    old = os.environ.get("CONTAINERS_CONF")
-    os.environ["CONTAINERS_CONF"] = path
-    yield
-    if old is None:
-        os.environ.pop("CONTAINERS_CONF", None)
-    else:
-        os.environ["CONTAINERS_CONF"] = old
-
-
-def podman(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def image() -> Iterator[str]:
-    if shutil.which("podman") is None:
-        pytest.fail("MP_TEST_PODMAN=1 but podman is not installed (apt-get install podman buildah)")
-    base = os.environ.get("MP_PODMAN_BASE_IMAGE", "python:3.11-slim-bookworm")
-    if podman("image", "exists", base).returncode != 0:
-        pytest.fail(f"base image {base} is not in podman's store; set MP_PODMAN_BASE_IMAGE")
-    tag = f"localhost/model-provisioner-test:{uuid.uuid4().hex[:8]}"
-    proc = podman("build", "--pull=never", "-t", tag, "--build-arg", f"PYTHON_IMAGE={base}",
-                  "--build-arg", f"EMBED={os.environ.get('MP_PODMAN_EMBED', '0')}",
-                  *shlex.split(os.environ.get("MP_PODMAN_BUILD_ARGS", "")), str(ROOT))
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    yield tag
-    podman("rmi", "-f", tag)
+@pytest.fixture(scope="session")
+def image() -> str:
+    return image_or_skip()  # built once per test process, shared with the other podman test file
 
 
 def test_image_metadata(image: str) -> None:
-    (info,) = json.loads(podman("image", "inspect", image).stdout)
-    cfg = info["Config"]
+    cfg = image_config(image)
     assert cfg["User"] == "10001:10001"
     assert cfg["Entrypoint"] == ["model-provisioner"] and cfg["Cmd"] == ["run"]
-    assert "9733/tcp" in cfg["ExposedPorts"]
+    assert f"{exposed_port()}/tcp" in cfg["ExposedPorts"]
     assert cfg["Labels"]["org.opencontainers.image.title"] == "model-provisioner"
+    assert cfg["Labels"]["io.model-provisioner.embed"] == "0"
+
+
+def test_no_build_time_setting_in_the_image_config(image: str) -> None:
+    env = dict(item.split("=", 1) for item in image_config(image)["Env"])
+    leaked = sorted(k for k in env if BUILD_ONLY_ENV.match(k))
+    assert not leaked, f"build-time settings left in the image's Config.Env: {leaked}"
+    assert not any("/run/secrets" in v or "ca-certificates.crt" in v for v in env.values()), env
+    assert env["PATH"].startswith("/opt/venv/bin:") and env["PROVISIONER_TARGET"] == "/models"
+
+
+def test_slim_image_has_no_build_tools_tests_or_emulator(image: str) -> None:
+    proc = podman("run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
+                  "ls /opt/venv/bin; python -c 'import provisioner, torch' 2>&1;"
+                  " python -c 'import provisioner.testing' 2>&1; ls -a /src /opt/venv/lib/python3.11/site-packages",
+                  timeout=120)
+    out = proc.stdout
+    assert "model-provisioner" in out
+    assert "No module named 'torch'" in out, "EMBED=0 must not install torch"
+    assert "No module named 'provisioner.testing'" in out, "the hub emulator is test code, not runtime"
+    assert not re.search(r"^pip\S*$", out, re.M), "pip is a build tool: not in the runtime venv"
+    assert not re.search(r"^(pip|setuptools|wheel|pytest|hub_emulator|tests)(-|$)", out, re.M), out
+    assert "ls: cannot access '/src'" in proc.stderr, "the build stage's sources stay in the build stage"
 
 
 def test_runs_with_a_read_only_root_and_no_network(image: str, tmp_path: Path) -> None:
