@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,19 @@ def lease_name(volume: str, key: str) -> str:
 
 class _LeaseUnavailable(Exception):
     pass
+
+
+@dataclass
+class _Watch:
+    """What one waiter has seen of a Lease held by someone else (mutable: it is the waiter's own)."""
+
+    observed_at: float
+    observed: tuple[Any, ...] | None = None
+    holder: str = ""
+    reported: str | None = None
+    ever_answered: bool = False
+    failing_since: float | None = None
+    again_now: bool = False  # lost a create/take race: look again without waiting
 
 
 class LeaseCoordinator:
@@ -193,60 +207,69 @@ class LeaseCoordinator:
 
     # -- acquisition --
     def _acquire(self, name: str, key: str, tracker: Tracker, stop: threading.Event) -> dict[str, Any]:
-        reported: str | None = None
-        observed: tuple[Any, ...] | None = None
-        observed_at = self._clock()
-        ever_answered = False
-        failing_since: float | None = None
+        watch = _Watch(observed_at=self._clock())
         while True:
             if stop.is_set():
                 raise interrupted(stop)
             try:
-                try:
-                    lease: dict[str, Any] | None = self.api.request("GET", self.lease_path(name))
-                except KubeApiError as exc:
-                    if exc.status != 404:
-                        raise
-                    lease = None
-                ever_answered = True
-                failing_since = None
-                if lease is None:
-                    created = self._create(name, key)
-                    if created is not None:
-                        return created
-                    continue  # 409: someone created it between our GET and POST: re-read now
-                spec = lease.get("spec") or {}
-                holder = spec.get("holderIdentity") or ""
-                if holder == self.identity:
-                    return lease  # ours already (an update whose answer we lost)
-                sig = (holder, spec.get("renewTime"), lease.get("metadata", {}).get("resourceVersion"))
-                if sig != observed:
-                    observed, observed_at = sig, self._clock()
-                if not holder or self._expired(spec, observed_at):
-                    taken = self._take(lease)
-                    if taken is not None:
-                        if holder and self.reporter is not None:
-                            self.reporter.event("TakingOver", f"the Lease of {holder} expired; taking over the "
-                                                f"download (resuming from the partial data on the volume)",
-                                                type_="Warning", key=holder)
-                        if holder:
-                            log.warning("Lease %s of %s expired; taking over", name, holder)
-                        return taken
-                    continue  # 409: another waiter won; re-read
-                if holder != reported:
-                    tracker.waiting(holder=holder)
-                    reported = holder
+                won = self._try_once(name, key, watch)
+                if won is not None:
+                    return won
+                if watch.holder and watch.holder != watch.reported:
+                    tracker.waiting(holder=watch.holder)
+                    watch.reported = watch.holder
             except KubeApiError as exc:
-                if not exc.transient:
-                    raise _LeaseUnavailable(str(exc)) from exc
-                now = self._clock()
-                failing_since = now if failing_since is None else failing_since
-                limit = max(60.0, 3.0 * self.duration_seconds) if ever_answered else UNREACHABLE_AT_START_SECONDS
-                if now - failing_since > limit:
-                    raise _LeaseUnavailable(f"{exc} for {now - failing_since:.0f}s") from exc
-                log.debug("Lease %s: %s; retrying", name, exc)
-            if stop.wait(self.poll_seconds):
+                self._tolerate(name, exc, watch)
+            if not watch.again_now and stop.wait(self.poll_seconds):
                 raise interrupted(stop)
+
+    def _try_once(self, name: str, key: str, watch: _Watch) -> dict[str, Any] | None:
+        """One look at the Lease: the Lease once we hold it, else None (watch says who holds it)."""
+        watch.again_now = False
+        try:
+            lease: dict[str, Any] | None = self.api.request("GET", self.lease_path(name))
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+            lease = None
+        watch.ever_answered, watch.failing_since = True, None
+        if lease is None:
+            created = self._create(name, key)
+            watch.again_now = created is None  # 409: created between our GET and POST: re-read now
+            return created
+        spec = lease.get("spec") or {}
+        holder = watch.holder = spec.get("holderIdentity") or ""
+        if holder == self.identity:
+            return lease  # ours already (an update whose answer we lost)
+        sig = (holder, spec.get("renewTime"), lease.get("metadata", {}).get("resourceVersion"))
+        if sig != watch.observed:
+            watch.observed, watch.observed_at = sig, self._clock()
+        if holder and not self._expired(spec, watch.observed_at):
+            return None
+        taken = self._take(lease)
+        if taken is None:
+            watch.again_now = True  # 409: another waiter won; re-read
+            watch.holder = ""
+            return None
+        if holder:
+            if self.reporter is not None:
+                self.reporter.event("TakingOver", f"the Lease of {holder} expired; taking over the "
+                                    f"download (resuming from the partial data on the volume)",
+                                    type_="Warning", key=holder)
+            log.warning("Lease %s of %s expired; taking over", name, holder)
+        return taken
+
+    def _tolerate(self, name: str, exc: KubeApiError, watch: _Watch) -> None:
+        """A failed look: transient errors are waited out for a while, anything else gives the Lease up."""
+        watch.again_now = False
+        if not exc.transient:
+            raise _LeaseUnavailable(str(exc)) from exc
+        now = self._clock()
+        watch.failing_since = now if watch.failing_since is None else watch.failing_since
+        limit = max(60.0, 3.0 * self.duration_seconds) if watch.ever_answered else UNREACHABLE_AT_START_SECONDS
+        if now - watch.failing_since > limit:
+            raise _LeaseUnavailable(f"{exc} for {now - watch.failing_since:.0f}s") from exc
+        log.debug("Lease %s: %s; retrying", name, exc)
 
     def _expired(self, spec: dict[str, Any], observed_at: float) -> bool:
         duration = spec.get("leaseDurationSeconds") or self.duration_seconds
