@@ -244,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
 def _standalone(size_text: str, cap_text: str) -> int:
     import tempfile
 
-    sys.path.insert(0, str(ROOT))
+    from run import HubEmulator  # wherever run.py finds the emulator (it also puts the package on sys.path)
+
     from provisioner.config import _size
-    from provisioner.testing.hub import HubEmulator
 
     size, cap = _size("size")(size_text), _size("cap")(cap_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVISIONER_", "HF_"))}

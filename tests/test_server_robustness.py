@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cli_helpers import cli_env, run_args, wait_until
@@ -25,7 +26,9 @@ from prom_helpers import free_port
 from provisioner import metrics
 from provisioner.serve.listener import head_end
 from provisioner.serve.server import HealthServer
-from provisioner.testing.hub import HubEmulator
+
+if TYPE_CHECKING:  # the `hub` fixture's type only; the fixture itself comes from conftest
+    from provisioner.testing.hub import HubEmulator
 
 GUARD = 30.0  # seconds: a hang guard for every socket read; never reached when the server behaves
 HEAD_TIMEOUT = 0.5  # in-process servers: slow clients are cut after this
