@@ -46,7 +46,7 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 MB = 1000 * 1000
 
-SCENARIOS: tuple[str, ...] = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
+SCENARIOS: tuple[str, ...] = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
 BIG_FILE = "model.safetensors"
 TOOLS = ("mp", "hf", "seed")
 TOOL_LABEL = {"mp": "model-provisioner", "hf": "hf download", "seed": "snapshot_download (seed)"}
@@ -897,6 +897,26 @@ class Scenarios:
                 note="" if ok_codes else f"exit codes {sorted(codes[name])}"))
 
 
+    # ---- P9 ----------------------------------------------------------------------------------
+    def p9(self) -> None:
+        import server_load  # next to this file (benchmarks/ is sys.path[0] when run as a script)
+
+        # slow enough that the download outlasts the load (~20 s of transfer), never below 1 MiB/s
+        self.hub.faults.rate_limit_global = max(MiB, min(self.s.cap, self.repo.total // 20))
+        target = self.b.fresh_dir("P9")
+        res = server_load.measure(hub_url=self.hub.url, repo_id=self.repo.repo_id, target=target / "m",
+                                  env=self.b.base_env(target / "hf-home"), log_path=self.b.work / "P9.log")
+        shutil.rmtree(target, ignore_errors=True)
+        self.report.raw["P9"] = res
+        log(f"P9: {server_load.summary(res)}")
+        self.report.rows.append(Row(
+            "P9", f"health server: {res['clients']} scrapers × {res['scrapes']} GET /metrics during a download, "
+                  f"+{res['stuck']} stuck clients, probes every 50 ms",
+            server_load.summary(res), "—", "—", "—",
+            f"/metrics p99 ≤ {server_load.TARGET_P99 * 1000:.0f} ms, 0 failed, 0 non-JSON lines",
+            verdict(server_load.ok(res))))
+
+
 # ------------------------------------------------------------------------------------------ output
 
 
@@ -1010,7 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps: dict[str, Callable[[], None]] = {
             "P1": sc.p1, "P1b": sc.p1b, "P2": sc.p2, "P3": sc.p3, "P4": sc.p4, "P5": sc.p5,
             "P6": (lambda: sc.p6(big)) if big is not None else (lambda: None),
-            "P7": sc.p7, "P8": sc.p8,
+            "P7": sc.p7, "P8": sc.p8, "P9": sc.p9,
         }
         for name in settings.scenarios:
             log(f"--- {name}")

@@ -1,8 +1,9 @@
 """The small HTTP server for probes and scrapes: /metrics, /healthz, /readyz, /status.
 
-Stdlib only (`ThreadingHTTPServer`, daemon threads), GET and HEAD only, nothing else served.
-Every body comes from the `Tracker` (through `metrics.render` or a redacted snapshot), so no
-secret can leak through it.
+Stdlib HTTP parsing (`BaseHTTPRequestHandler`) on top of `listener.Listener`, which bounds
+connections, threads and time per client. GET and HEAD only, nothing else served; one request per
+connection. Every body comes from the `Tracker` (through `metrics.render` or a redacted snapshot),
+so no secret can leak through it. Imports metrics, progress, redact and serve.listener.
 
 Liveness (`/healthz`) answers "is the download loop wedged?", not "is the download fast?": it
 fails only while the phase is `downloading` and there has been no sign of life for more than
@@ -14,14 +15,15 @@ slow download that still moves, or one that keeps retrying inside its budget, st
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -29,6 +31,7 @@ from ..logs import redact_value
 from ..metrics import CONTENT_TYPE, render
 from ..progress import Event, Phase, Tracker
 from ..redact import PATTERNS_ONLY, Redactor, redact
+from .listener import Listener
 
 log = logging.getLogger("provisioner.server")  # the name log consumers already filter on
 
@@ -63,31 +66,36 @@ def bind_error_message(listen: str, exc: OSError) -> str:
     return f"listen: {listen} {why} ({name}); set --listen / PROVISIONER_LISTEN to {fix} or 'off'"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    owner: HealthServer
-
-
-class _V6Server(_Server):
-    address_family = socket.AF_INET6
-
-    def server_bind(self) -> None:
-        # `[::]` should also accept IPv4 (dual stack) where the kernel allows it.
-        try:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        except OSError:  # a v6-only kernel setting: serve IPv6 only
-            pass
-        super().server_bind()
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    """Answers the one request in `head` (already read by the listener) and buffers the response, which
+    `finish` sends in one write. Every response closes the connection (see listener.py)."""
+
     server_version = "model-provisioner"
     sys_version = ""
     protocol_version = "HTTP/1.1"
-    timeout = 10  # a stuck client must not hold a thread forever
+    default_request_version = "HTTP/1.0"  # so a malformed request line still gets a status line, not 0.9
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
+
+    def __init__(self, sock: socket.socket, client_address: Any, owner: HealthServer, *, head: bytes) -> None:
+        self.owner = owner
+        self.head = head
+        super().__init__(sock, client_address, cast(Any, owner))  # runs setup, handle, finish
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.rfile = io.BytesIO(self.head)
+        self.wfile = self.response = io.BytesIO()
+
+    def finish(self) -> None:
+        response = self.response.getvalue()
+        if response:
+            self.connection.sendall(response)
+
+    def handle(self) -> None:
+        self.handle_one_request()  # one request per connection: pipelined extras are not answered
 
     def do_GET(self) -> None:
         self._serve(head=False)
@@ -109,9 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, *, head: bool) -> None:
         path = self.path.split("?", 1)[0].split("#", 1)[0]
-        owner = self.server.owner
         try:
-            status, body, ctype = owner.respond(path)
+            status, body, ctype = self.owner.respond(path)
         except Exception:  # noqa: BLE001 - a bug in one response must not kill the server thread
             log.exception("error serving %s", path)
             status, body, ctype = 500, b"internal error\n", "text/plain; charset=utf-8"
@@ -123,6 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.close_connection = True
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -130,7 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        # Probes every few seconds would drown the log; access lines go to debug, redacted.
+        # Probes every few seconds would drown the log, and a client's garbage is not our error:
+        # access and request-error lines go to debug, redacted, one line each.
         log.debug("http %s", redact(format % args))
 
 
@@ -140,13 +150,16 @@ class HealthServer:
     `ready_check` validates the on-disk marker (cheap, stdlib only); its result is cached for
     about a second so a burst of probes costs one check. `stall_limit` is the engine's
     stall timeout in seconds (see the module docstring for the liveness rule). `clock` is a
-    monotonic clock; tests pass the Tracker's fake clock.
+    monotonic clock; tests pass the Tracker's fake clock. `limits` are passed to `listener.Listener`
+    (max_connections, workers, head_timeout, write_timeout, max_head_bytes); the defaults suit a pod.
     """
 
     def __init__(self, listen: str, *, tracker: Tracker, registry: CollectorRegistry,
                  ready_check: Callable[[], bool], stall_limit: float,
-                 clock: Callable[[], float] = time.monotonic, redactor: Redactor = PATTERNS_ONLY) -> None:
+                 clock: Callable[[], float] = time.monotonic, redactor: Redactor = PATTERNS_ONLY,
+                 limits: Mapping[str, Any] | None = None) -> None:
         self.host, self._requested_port = parse_listen(listen)
+        self.limits = dict(limits or {})
         self.tracker = tracker
         self.redactor = redactor  # the run's secrets: /status and log lines never carry them
         self.registry = registry
@@ -156,35 +169,27 @@ class HealthServer:
         self._lock = threading.Lock()
         self._last_activity = clock()
         self._ready_cache: tuple[float, bool] | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._listener: Listener | None = None
         tracker.subscribe(self._on_event)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> HealthServer:
-        """Bind and serve in a daemon thread. Raises OSError when the address is taken."""
-        if self._server is not None:
+        """Bind and serve in daemon threads. Raises OSError when the address is taken."""
+        if self._listener is not None:
             return self
-        cls = _V6Server if ":" in self.host else _Server
-        server = cls((self.host, self._requested_port), _Handler)
-        server.owner = self
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="health-server", daemon=True)
-        self._thread.start()
+        self._listener = Listener(self.host, self._requested_port, serve=self._serve_connection, **self.limits)
+        self._listener.start()
         log.debug("serving /metrics /healthz /readyz /status", extra={
             "event": "listen", "host": self.host, "port": self.port})
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+
+    def _serve_connection(self, sock: socket.socket, client_address: Any, head: bytes) -> None:
+        _Handler(sock, client_address, self, head=head)
 
     def __enter__(self) -> HealthServer:
         return self.start()
@@ -193,10 +198,14 @@ class HealthServer:
         self.stop()
 
     @property
+    def listener(self) -> Listener | None:
+        return self._listener
+
+    @property
     def port(self) -> int:
-        if self._server is None:
+        if self._listener is None:
             return self._requested_port
-        return int(self._server.server_address[1])
+        return int(self._listener.address[1])
 
     @property
     def address(self) -> str:
