@@ -102,9 +102,15 @@ def _check(ns: argparse.Namespace) -> int:
 
 def _run(ns: argparse.Namespace, *, config: Config | None = None,
          free_space: Callable[[Path], int] | None = None) -> int:
+    cfg = config or _settings(ns)
+    from .serve.warm_path import ready_from_marker
+
+    warm = ready_from_marker(cfg)  # a restart on a verified volume: no HTTP stack, no pipeline
+    if warm is not None:
+        return warm
     from .serve.modes import run_service
 
-    return run_service(config or _settings(ns), free_space=free_space)
+    return run_service(cfg, free_space=free_space)
 
 
 def _verify(ns: argparse.Namespace) -> int:
