@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from hub_emulator import HubEmulator  # noqa: E402
 
-from provisioner import layout, marker  # noqa: E402
 from provisioner.config import _size  # noqa: E402
+from provisioner.state import fsutil, layout, marker  # noqa: E402
 
 REPO = "bench/upgrade"
 
@@ -99,7 +99,7 @@ def upgrade(layout_name: str, *, size: int, rate: int, work: Path) -> Reader:
 def switch_cost(work: Path) -> float:
     root = work / "switch"
     for c in ("a" * 40, "b" * 40):
-        marker.make_dir(layout.commit_dir(root, c))
+        fsutil.make_dir(layout.commit_dir(root, c))
     samples = []
     for i in range(1000):
         t = time.perf_counter()

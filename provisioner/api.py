@@ -24,15 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import layout, marker, place, warm
+from . import place, warm
 from .config import Config, read_token
 from .context import RunContext, Stop
 from .errors import ProvisionerError, VerificationError, exit_code_for
-from .lock import Coordinator, FileLock, NoCoordination
 from .manifest import Plan
-from .progress import Event, Phase, Tracker
+from .observe.progress import Event, Phase, Tracker
 from .redact import Redactor
 from .retry import RetryBudget
+from .state import fsutil, layout, marker
+from .state.lock import Coordinator, FileLock, NoCoordination
 from .verify import check_smoke_dependencies, needs_smoke_test
 
 log = logging.getLogger("provisioner")
@@ -131,7 +132,7 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
             return _result_from_marker(ctx, check.marker or {}, target=readers_dir, clock=clock,
                                        waited_for=waited_for)
         marker.invalidate(target)  # versioned: a folder no reader is pointed at yet
-        marker.atomic_write_json(marker.state_dir(target) / "plan.json", plan.to_json())
+        fsutil.atomic_write_json(marker.state_dir(target) / "plan.json", plan.to_json())
         if versioned:
             previous = layout.current_commit(root, cfg.revision)
             linked = layout.seed_unchanged_files(plan, root=root, into=target, previous=previous)

@@ -89,7 +89,7 @@ def _settings(ns: argparse.Namespace) -> Config:
 
 
 def _check(ns: argparse.Namespace) -> int:
-    from .marker import check_ready
+    from .state.marker import check_ready
 
     result = check_ready(Path(ns.dir), repo_id=ns.repo_id, revision=ns.revision)
     if ns.json:
@@ -116,8 +116,8 @@ def _run(ns: argparse.Namespace, *, config: Config | None = None,
 def _verify(ns: argparse.Namespace) -> int:
     """Re-hash every file listed in the marker; on failure remove the marker so probes fail and the next
     `run` repairs. With --verify full, also run the embedding smoke test."""
-    from . import marker
     from .manifest import FileEntry
+    from .state import marker
     from .verify import (
         check_smoke_dependencies,
         hash_file,

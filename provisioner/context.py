@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from .config import Config
 from .errors import Interrupted
-from .progress import Tracker
+from .observe.progress import Tracker
 from .redact import Redactor
 from .retry import RetryBudget
 

@@ -11,9 +11,9 @@ import os
 import stat
 from pathlib import Path
 
-from . import marker
 from .errors import LocalIOError
 from .manifest import FileEntry
+from .state import fsutil, marker
 
 
 def inside(target: Path, path: Path) -> bool:
@@ -41,7 +41,7 @@ def prepare_target(target: Path) -> None:
     """Create the state folder; fail before any download when the target cannot be written."""
     state = marker.state_dir(target)
     try:
-        marker.make_dir(state / "partial")
+        fsutil.make_dir(state / "partial")
     except OSError as exc:  # read-only volume, permissions, a file where the dir should be
         raise LocalIOError(f"cannot create the state folder {state}: {exc.strerror}", path=str(state)) from None
     if not os.access(target, os.W_OK):
@@ -68,7 +68,7 @@ def safe_final_path(target: Path, entry: FileEntry) -> Path:
         raise LocalIOError(f"refusing to write {entry.path}: {final.parent} leads outside the target "
                            f"(symlink to {os.path.realpath(final.parent)})", path=str(final.parent))
     try:
-        marker.make_dir(final.parent)
+        fsutil.make_dir(final.parent)
     except OSError as exc:  # a file in the way, or read-only
         raise LocalIOError(f"cannot create {final.parent}: {exc.strerror}", path=str(final.parent)) from None
     if not inside(target, final):  # a symlink planted while we created folders
@@ -85,6 +85,6 @@ def place(target: Path, entry: FileEntry, part: Path) -> None:
     try:
         os.chmod(part, 0o644)
         os.replace(part, final)  # replaces a planted symlink itself, never its destination
-        marker.fsync_dir(final.parent)
+        fsutil.fsync_dir(final.parent)
     except OSError as exc:  # cross-device state dir, read-only remount
         raise LocalIOError(f"cannot move {entry.path} into place: {exc.strerror}", path=str(final)) from None

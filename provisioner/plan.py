@@ -28,9 +28,9 @@ from .errors import (
 from .hubapi import classify_api_error
 from .hubclient import configure_api
 from .manifest import FileEntry, Plan
-from .marker import STATE_DIR_NAME
 from .redact import redact
 from .retry import retry_step
+from .state.marker import STATE_DIR_NAME
 
 log = logging.getLogger("provisioner.plan")
 

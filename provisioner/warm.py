@@ -12,11 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from . import marker
 from .context import RunContext
 from .errors import Interrupted, NotFoundError, ProvisionerError, UnauthorizedError
 from .redact import redact
 from .retry import RetryBudget
+from .state import marker
 
 log = logging.getLogger("provisioner")
 

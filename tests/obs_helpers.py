@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from provisioner.manifest import FileEntry, Plan
-from provisioner.progress import Phase, Tracker
+from provisioner.observe.progress import Phase, Tracker
 
 REPO = "org/model"
 REVISION = "main"

@@ -28,14 +28,15 @@ from hub_emulator import HubEmulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provisioner import cli, marker
+from provisioner import cli
 from provisioner.config import SETTINGS
 from provisioner.context import RunContext
 from provisioner.errors import BadRemoteError, ExitCode, NotFoundError, ProvisionerError
 from provisioner.manifest import Plan
+from provisioner.observe.progress import Tracker
 from provisioner.plan import MAX_FILE_SIZE, build_plan
-from provisioner.progress import Tracker
 from provisioner.retry import RetryBudget
+from provisioner.state import marker
 
 COMMIT = "c0ffee" + "0" * 34
 REPO = "org/fake"

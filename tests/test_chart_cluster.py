@@ -356,7 +356,7 @@ def test_docs_name_only_tests_that_exist() -> None:
 def test_6_versioned_layout_app_reads_the_revision_link(helm: str, revision: str) -> None:
     """On a volume that outlives the pod the app reads <target>/revisions/<link>, named exactly as the
     provisioner names it, and the provisioner runs with --layout versioned."""
-    from provisioner import layout
+    from provisioner.state import layout
 
     objs = variant(helm, "--set", "storage.type=pvc", "--set-string", f"model.revision={revision}")
     spec = deployment_spec(objs)

@@ -19,8 +19,8 @@ import pytest
 from cli_helpers import json_lines, run_args, run_cli, start_cli, wait_until
 from hub_emulator import HubEmulator, HubStats
 
-from provisioner import marker
 from provisioner.errors import ExitCode
+from provisioner.state import marker
 
 REPO = "org/faults"
 MiB = 1 << 20

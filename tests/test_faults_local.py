@@ -23,10 +23,10 @@ import pytest
 from cli_helpers import json_lines, run_args, run_cli, start_cli, wait_until
 from hub_emulator import HubEmulator
 
-from provisioner import marker
 from provisioner.api import provision
 from provisioner.config import Config
 from provisioner.errors import ExitCode, NoSpaceError
+from provisioner.state import marker
 
 REPO = "org/local"
 MiB = 1 << 20

@@ -51,7 +51,7 @@ from provisioner.fetch import (
 from provisioner.fetch import journal as fetch_journal
 from provisioner.fetch.journal import layout_segments
 from provisioner.manifest import FileEntry, Plan
-from provisioner.progress import Tracker
+from provisioner.observe.progress import Tracker
 from provisioner.retry import RetryBudget
 
 MiB = 1 << 20
@@ -430,7 +430,7 @@ from provisioner.config import Config
 from provisioner.context import RunContext
 from provisioner.fetch import fetch_files
 from provisioner.manifest import Plan
-from provisioner.progress import Tracker
+from provisioner.observe.progress import Tracker
 from provisioner.retry import RetryBudget
 args = json.loads(sys.argv[1])
 plan = Plan.from_json(args["plan"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hub_emulator import HubEmulator
 
-from provisioner import marker, verify
+from provisioner import verify
 from provisioner.config import Config
 from provisioner.context import RunContext
 from provisioner.errors import (
@@ -24,8 +24,9 @@ from provisioner.fetch import fetch_with_hub as _fetch
 from provisioner.fetch.hub import HUB_METADATA_DIR
 from provisioner.hubapi import classify_download_error
 from provisioner.manifest import FileEntry, Plan
-from provisioner.progress import Tracker
+from provisioner.observe.progress import Tracker
 from provisioner.retry import RetryBudget
+from provisioner.state import marker
 
 REPO = "acme/small"
 

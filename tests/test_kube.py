@@ -20,9 +20,9 @@ from fake_apiserver import FakeApiServer, schema_errors
 from provisioner import kube
 from provisioner.config import Config
 from provisioner.errors import Interrupted
-from provisioner.lock import FileLock
 from provisioner.manifest import FileEntry, Plan
-from provisioner.progress import Phase, Tracker
+from provisioner.observe.progress import Phase, Tracker
+from provisioner.state.lock import FileLock
 
 NS = "ns1"
 POD = "replica-0"

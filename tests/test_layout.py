@@ -17,7 +17,7 @@ import pytest
 from cli_helpers import json_lines, run_args, run_cli, start_cli
 from hub_emulator import HubEmulator
 
-from provisioner import layout, marker
+from provisioner.state import fsutil, layout, marker
 
 REPO = "org/layout"
 MiB = 1 << 20
@@ -148,7 +148,7 @@ def test_prune_never_removes_a_folder_whose_lock_is_held(tmp_path: Path) -> None
     root = tmp_path / "vol"
     for n, commit in enumerate(["a" * 40, "b" * 40, "c" * 40]):
         folder = layout.commit_dir(root, commit)
-        marker.make_dir(marker.state_dir(folder))
+        fsutil.make_dir(marker.state_dir(folder))
         (folder / "f").write_text(commit)
         layout.switch_link(root, f"r{n}", commit)
         os.utime(layout.link_path(root, f"r{n}"), ns=(n, n), follow_symlinks=False)  # r2 newest

@@ -12,8 +12,9 @@ import pytest
 from obs_helpers import SECRETS, SIGNED_URL, FakeClock, downloading_tracker, leaky_retry, make_plan
 from prom_helpers import wait_for
 
-from provisioner import logs, redact
-from provisioner.progress import Phase, Tracker
+from provisioner import redact
+from provisioner.observe import logs
+from provisioner.observe.progress import Phase, Tracker
 
 
 class TTY(io.StringIO):
@@ -165,7 +166,7 @@ def test_reporter_logs_one_structured_line_per_event() -> None:
     out = io.StringIO()
     logs.setup_logging(redactor=CANARY, fmt="json", level="info", stream=out)
     tracker = Tracker(repo_id="org/model", revision="main")
-    reporter = logs.ProgressReporter(tracker, interval=3600, logger=logging.getLogger("provisioner.progress"))
+    reporter = logs.ProgressReporter(tracker, interval=3600, logger=logging.getLogger("provisioner.observe.progress"))
     reporter.start()
     try:
         tracker.waiting(holder="pod-b")
@@ -267,8 +268,8 @@ def test_progress_bar_and_human_units() -> None:
 
 
 def test_every_event_kind_has_a_log_line() -> None:
-    from provisioner.logs import event_line
-    from provisioner.progress import EventKind
+    from provisioner.observe.logs import event_line
+    from provisioner.observe.progress import EventKind
 
     for kind in EventKind:
         level, msg = event_line(kind, {})

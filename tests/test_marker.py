@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from provisioner import marker
 from provisioner.cli import main
 from provisioner.errors import ExitCode
 from provisioner.manifest import FileEntry, Plan
+from provisioner.state import marker
 
 COMMIT = "c" * 40
 

@@ -22,8 +22,8 @@ from obs_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from provisioner import metrics
-from provisioner.progress import PHASES, Phase, Tracker
+from provisioner.observe import metrics
+from provisioner.observe.progress import PHASES, Phase, Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,7 +265,7 @@ def test_push_final_puts_the_registry_to_the_gateway() -> None:
 def test_push_final_failure_is_logged_redacted_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     port = _closed_port()
     url = f"http://user:{SECRETS[1]}@127.0.0.1:{port}/?token={SECRETS[0]}"
-    with caplog.at_level(logging.WARNING, logger="provisioner.metrics"):
+    with caplog.at_level(logging.WARNING, logger="provisioner.observe.metrics"):
         ok = metrics.push_final(metrics.make_registry(finished_tracker()), url, timeout=2)
     assert ok is False
     assert caplog.records and "pushgateway push failed" in caplog.text

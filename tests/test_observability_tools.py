@@ -27,8 +27,9 @@ from prom_helpers import (
     template_queries,
 )
 
-from provisioner import logs, metrics, redact
-from provisioner.progress import Phase, Tracker
+from provisioner import redact
+from provisioner.observe import logs, metrics
+from provisioner.observe.progress import Phase, Tracker
 from provisioner.serve.server import HealthServer
 
 PROMTOOL = find_tool("promtool")

@@ -38,8 +38,8 @@ from prom_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from provisioner import metrics
-from provisioner.progress import Phase, Tracker
+from provisioner.observe import metrics
+from provisioner.observe.progress import Phase, Tracker
 from provisioner.serve.server import HealthServer
 
 pytestmark = [

@@ -23,10 +23,10 @@ import pytest
 from cli_helpers import run_args, run_cli, start_cli, wait_until
 from hub_emulator import HubEmulator
 
-from provisioner import marker
 from provisioner.api import provision
 from provisioner.config import Config
 from provisioner.errors import ExitCode, UnauthorizedError
+from provisioner.state import marker
 
 CANARY = "hf_canaryTOKENdoNOTleak0123456789"
 REPO = "org/gated"

@@ -13,8 +13,9 @@ from obs_helpers import SECRETS, FakeClock, downloading_tracker, leaky_retry, ma
 from prom_helpers import http_get
 from prometheus_client.parser import text_string_to_metric_families
 
-from provisioner import metrics, redact
-from provisioner.progress import Phase, Tracker
+from provisioner import redact
+from provisioner.observe import metrics
+from provisioner.observe.progress import Phase, Tracker
 from provisioner.serve.server import HealthServer, parse_listen
 
 STALL = 10.0  # stall_limit: /healthz fails after 3 * STALL seconds without a sign of life

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from obs_helpers import downloading_tracker
 from prom_helpers import free_port
 
-from provisioner import metrics
+from provisioner.observe import metrics
 from provisioner.serve.listener import head_end
 from provisioner.serve.server import HealthServer
 

@@ -20,8 +20,8 @@ import pytest
 from cli_helpers import ROOT, json_lines, run_args, run_cli
 from hub_emulator import HubEmulator
 
-from provisioner import marker
 from provisioner.errors import ConfigError, ExitCode
+from provisioner.state import marker
 from provisioner.verify import check_smoke_dependencies, needs_smoke_test
 from provisioner.verify import smoke as smoke_parent
 

@@ -55,7 +55,7 @@ from ..errors import (
 from ..hubapi import classify_download_error
 from ..hubclient import configure_downloads
 from ..manifest import FileEntry, Plan
-from ..progress import Tracker
+from ..observe.progress import Tracker
 from ..redact import redact
 from ..retry import RetryBudget, retry_step
 from ..verify.checksums import Digests

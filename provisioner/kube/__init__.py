@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..config import Config
-from ..lock import Coordinator, FileLock
-from ..progress import Tracker
+from ..observe.progress import Tracker
 from ..redact import Redactor, redact
+from ..state.lock import Coordinator, FileLock
 from .client import KubeApi, KubeApiError, PodIdentity, connect, log, micro_time, pod_identity, wanted
 from .events import Reporter
 from .lease import LeaseCoordinator, lease_name, volume_id

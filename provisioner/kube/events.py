@@ -2,7 +2,7 @@
 into core/v1 Events (aggregated, rate limited) and a strategic-merge patch of `pods/status`, from one
 background thread so a slow or dead API never slows the download.
 
-Imports `client` (this package's API layer) and `provisioner.progress`; never `lease` or the
+Imports `client` (this package's API layer) and `provisioner.observe.progress`; never `lease` or the
 package's `__init__`.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..progress import Event, EventKind
+from ..observe.progress import Event, EventKind
 from ..redact import PATTERNS_ONLY, Redactor
 from .client import COMPONENT, KubeApi, KubeApiError, PodIdentity, clean, log, second_time
 

@@ -3,7 +3,7 @@ so N replicas sharing a volume download once), its renew thread, the volume's id
 Lease naming.
 
 Imports `client` (this package's API layer), `events.Reporter` (for the TakingOver Event),
-`provisioner.lock`, `.context`, `.errors` and `.progress`; never the package's `__init__`.
+`provisioner.state.lock`, `.context`, `.errors` and `.progress`; never the package's `__init__`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 from ..context import interrupted
 from ..errors import LocalIOError
-from ..lock import Coordinator
-from ..progress import Tracker
+from ..observe.progress import Tracker
+from ..state.lock import Coordinator
 from .client import (
     COMPONENT,
     CONNECT_TIMEOUT,

@@ -21,15 +21,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .. import logs, metrics
 from ..api import ProvisionResult, provision
 from ..config import Config
 from ..context import Stop
 from ..errors import ConfigError, ExitCode, Interrupted, ProvisionerError, exit_code_for
-from ..layout import model_dir as model_dir_for
-from ..marker import check_ready
-from ..progress import Tracker
+from ..observe import logs, metrics
+from ..observe.progress import Tracker
 from ..redact import Redactor, redact
+from ..state.layout import model_dir as model_dir_for
+from ..state.marker import check_ready
 from .server import HealthServer, bind_error_message
 
 # After SIGTERM, how long the worker may take to flush and stop before the process exits anyway

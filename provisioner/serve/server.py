@@ -27,9 +27,9 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
-from ..logs import redact_value
-from ..metrics import CONTENT_TYPE, render
-from ..progress import Event, Phase, Tracker
+from ..observe.logs import redact_value
+from ..observe.metrics import CONTENT_TYPE, render
+from ..observe.progress import Event, Phase, Tracker
 from ..redact import PATTERNS_ONLY, Redactor, redact
 from .listener import Listener
 

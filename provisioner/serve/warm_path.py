@@ -15,11 +15,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from .. import logs
 from ..config import Config
-from ..layout import model_dir
-from ..marker import check_ready
+from ..observe import logs
 from ..redact import Redactor
+from ..state.layout import model_dir
+from ..state.marker import check_ready
 
 log = logging.getLogger("provisioner")
 

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import marker, place
+from .. import place
 from ..context import RunContext
 from ..errors import VerificationError
 from ..manifest import FileEntry, Plan
-from ..progress import Phase
+from ..observe.progress import Phase
+from ..state import marker
 from .checksums import hash_file, matches, mismatch_detail, wanted_digests
 
 log = logging.getLogger("provisioner")

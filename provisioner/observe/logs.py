@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from .progress import Event, EventKind, Tracker
-from .redact import PATTERNS_ONLY, Redactor
+from ..observe.progress import Event, EventKind, Tracker
+from ..redact import PATTERNS_ONLY, Redactor
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
 # Libraries that log every HTTP request (signed CDN URLs included) at INFO or DEBUG: one line per
@@ -325,7 +325,7 @@ class ProgressReporter:
                  bar: bool | None = None, output: LogHandle | None = None) -> None:
         self.tracker = tracker
         self.interval = float(interval)
-        self.logger = logger or logging.getLogger("provisioner.progress")
+        self.logger = logger or logging.getLogger("provisioner.observe.progress")
         self._out = output.handler if output is not None else _installed_handler()
         self.bar = (self._out is not None and self._out.bar_enabled) if bar is None else bar
         self._stop = threading.Event()

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .manifest import Plan
+from ..manifest import Plan
+from .fsutil import atomic_write_json, fsync_dir
 
 MARKER_VERSION = 1
 STATE_DIR_NAME = ".provisioner"
@@ -108,36 +109,3 @@ def invalidate(target: Path) -> None:
     except FileNotFoundError:  # nothing to invalidate
         return
     fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    make_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.fchmod(fd, 0o644)  # whatever the umask: a world-writable marker would let anyone forge readiness
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def make_dir(path: Path) -> None:
-    """mkdir -p with 0755 folders whatever the umask (a umask of 000 would make them world-writable)."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    path.mkdir(parents=True, exist_ok=True)
-    for d in missing:
-        os.chmod(d, 0o755)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from .context import interrupted
-from .errors import LocalIOError
-from .progress import Tracker
+from ..context import interrupted
+from ..errors import LocalIOError
+from ..observe.progress import Tracker
 
 POLL_SECONDS = 0.2
 

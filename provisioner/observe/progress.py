@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .manifest import Plan
+from ..manifest import Plan
 
 
 class Phase(StrEnum):

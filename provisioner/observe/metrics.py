@@ -28,8 +28,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from .progress import PHASES, Tracker
-from .redact import redact
+from ..observe.progress import PHASES, Tracker
+from ..redact import redact
 
 PREFIX = "model_provisioner_"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what Prometheus 2.x and promtool parse natively
@@ -64,7 +64,7 @@ def _version(dist: str) -> str:
 
 def build_labels() -> dict[str, str]:
     """The `build_info` labels: our version, Python's, huggingface_hub's."""
-    from . import __version__  # the source of truth when running from a checkout
+    from .. import __version__  # the source of truth when running from a checkout
 
     return {
         "version": __version__ or _version("model-provisioner"),

@@ -31,8 +31,9 @@ import re
 import shutil
 from pathlib import Path
 
-from . import marker
-from .manifest import Plan
+from ..manifest import Plan
+from ..state import marker
+from . import fsutil
 
 log = logging.getLogger("provisioner")
 
@@ -90,7 +91,7 @@ def seed_unchanged_files(plan: Plan, *, root: Path, into: Path, previous: str | 
         dest = into / entry.path
         if not same or dest.exists():
             continue
-        marker.make_dir(dest.parent)
+        fsutil.make_dir(dest.parent)
         try:
             os.link(prev_dir / entry.path, dest)
         except OSError as exc:  # cross-device, or the old file vanished: it is simply downloaded
@@ -103,13 +104,13 @@ def seed_unchanged_files(plan: Plan, *, root: Path, into: Path, previous: str | 
 def switch_link(root: Path, revision: str, commit: str) -> None:
     """Point the revision's link at the commit folder, atomically (a new link renamed over the old)."""
     link = link_path(root, revision)
-    marker.make_dir(link.parent)
+    fsutil.make_dir(link.parent)
     tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):  # a leftover from a crash between symlink and rename
         os.unlink(tmp)
     os.symlink(os.path.join("..", marker.STATE_DIR_NAME, COMMITS_DIR, commit), tmp)
     os.replace(tmp, link)
-    marker.fsync_dir(link.parent)
+    fsutil.fsync_dir(link.parent)
 
 
 def prune(root: Path, *, keep_links: int, keep_commits: tuple[str, ...] = ()) -> list[str]:
@@ -135,7 +136,7 @@ def prune(root: Path, *, keep_links: int, keep_commits: tuple[str, ...] = ()) ->
         if _remove_unless_locked(d):
             removed.append(d.name)
     if removed:
-        marker.fsync_dir(commits)
+        fsutil.fsync_dir(commits)
         log.info("pruned %d old revision folder(s): %s", len(removed), ", ".join(c[:12] for c in removed))
     return removed
 
