@@ -2,15 +2,17 @@
 
 Owns the checksum primitives (`checksums`: sha256 / git blob sha1 in one pass, also fed by the
 fetch stage while bytes stream in), what a sentence-transformers model declares in its files
-(`model_files`), and the embedding smoke test: `smoke` is the parent side (runs a child process,
-turns whatever it does into a `SmokeResult`), `smoke_child` the child side (the only code that
-imports numpy / sentence-transformers / torch). Its preflight (`needs_smoke_test` on the plan's
-files, then `check_smoke_dependencies`) turns a missing `embed` extra into a ConfigError before
-anything is downloaded.
+(`model_files`), the checksum + refetch policy (`policy`: drives the fetch engines, compares every
+digest, throws a mismatch away and fetches it again, places what matches) and the embedding smoke
+test: `smoke` is the parent side (runs a child process, turns whatever it does into a
+`SmokeResult`), `smoke_child` the child side (the only code that imports numpy / sentence-transformers
+/ torch). Its preflight (`needs_smoke_test` on the plan's files, then `check_smoke_dependencies`) turns
+a missing `embed` extra into a ConfigError before anything is downloaded.
 
-May import the standard library and the lower modules `manifest`, `errors` and `context`; never the
-fetch, plan or api stages. The smoke names are loaded on first use: `python -m
-provisioner.verify.smoke_child` runs this file first, and the child must not load the pipeline.
+Layers (docs/design.md): `checksums` and `model_files` are leaves (stdlib, `manifest`, `errors`) that the
+fetch stage may import; `policy` sits above fetch, plan and place and imports them inside its functions.
+The smoke names are loaded on first use: `python -m provisioner.verify.smoke_child` runs this file
+first, and the child must not load the pipeline.
 """
 
 from __future__ import annotations
