@@ -4,7 +4,8 @@ Owns: `server.HealthServer` (the /metrics /healthz /readyz /status HTTP server),
 (its bounded connection handling: stdlib only, imports nothing from the package) and
 `modes.run_service(config) -> exit code` (logging, signal handlers, progress reporting, the
 provision worker thread with its stop grace period, the sidecar's restart loop, the final
-Pushgateway push and the linger). The top stage: it may import every other module of the package
-(api, config, context, errors, logs, marker, metrics, progress, redact) and nothing imports it
-except cli.py. This file imports nothing, so `cli check` stays light.
+Pushgateway push and the linger), and `warm_path` (an init-mode restart on a verified volume answered
+from the marker alone, before any of the above is imported). The top stage: it may import every other
+module of the package and nothing imports it except cli.py. This file imports nothing, so `cli check`
+stays light.
 """
