@@ -27,7 +27,7 @@ from typing import Any
 from . import place, warm
 from .config import Config, read_token
 from .context import RunContext, Stop
-from .errors import ProvisionerError, VerificationError, exit_code_for
+from .errors import ConfigError, OfflineError, ProvisionerError, VerificationError, exit_code_for
 from .manifest import Plan
 from .observe.progress import Event, Phase, Tracker
 from .redact import Redactor
@@ -108,6 +108,9 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
     readers_dir = layout.model_dir(target=root, revision=cfg.revision, layout=cfg.layout)
     clock = _Clock()
     place.check_state_dir(root)
+    if cfg.offline:  # never a connection: the volume answers, or nothing does
+        return _result_from_marker(ctx, _offline_marker(ctx, folder=readers_dir), target=readers_dir, clock=clock,
+                                   waited_for=None)
     if not cfg.reverify:
         served = warm.usable_marker(ctx, target=readers_dir)  # read-only: a read-only volume is served as is
         if served is not None:
@@ -157,6 +160,21 @@ def _switch(cfg: Config, *, root: Path, commit: str) -> None:
     layout.switch_link(root, cfg.revision, commit)
     log.info("%s now points at %s", layout.link_path(root, cfg.revision), commit[:12])
     layout.prune(root, keep_links=cfg.keep_revisions, keep_commits=(previous,) if previous else ())
+
+
+def _offline_marker(ctx: RunContext, *, folder: Path) -> dict[str, Any]:
+    """The verified copy that answers an offline run (a branch is taken as verified, not re-checked)."""
+    cfg = ctx.config
+    if cfg.reverify:
+        raise ConfigError("--reverify re-plans from the hub and cannot run offline; "
+                          "`model-provisioner verify DIR` re-hashes a volume without the network", setting="reverify")
+    check = marker.check_ready(folder, repo_id=cfg.repo_id, revision=cfg.revision)
+    if not check.ok or check.marker is None:
+        raise OfflineError(f"offline (--offline / HF_HUB_OFFLINE=1): {folder} holds no verified copy of "
+                           f"{cfg.repo_id}@{cfg.revision} ({check.reason}); nothing may be downloaded",
+                           reason=check.reason)
+    log.info("offline: serving the verified copy %s", check.marker["commit"][:12])
+    return check.marker
 
 
 class _Clock:

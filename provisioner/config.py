@@ -195,9 +195,14 @@ SETTINGS: tuple[Setting, ...] = (
             "sentence-transformers does not load; set it to empty to fetch everything."),
     Setting("endpoint", "endpoint", _url("endpoint", allow_empty=False), DEFAULT_ENDPOINT,
             "Hub or mirror URL.", extra_env=("HF_ENDPOINT",)),
+    Setting("offline", "offline", _bool("offline"), "false",
+            "Never open a connection to the hub: a volume whose verified copy matches the repo and revision "
+            "is ready at once (a branch is not re-checked); anything else fails at once with exit code 11.",
+            is_flag=True, extra_env=("HF_HUB_OFFLINE",)),
     Setting("token-file", "token_file", lambda s: s.strip(), "",
             "File holding the HF token (e.g. a mounted Secret). Otherwise `HF_TOKEN` is used. "
-            "There is deliberately no --token flag: process arguments are visible to every user on the node."),
+            "There is deliberately no --token flag: process arguments are visible to every user on the node. "
+            "Then `HF_TOKEN_PATH` (huggingface_hub's token file), if that file exists."),
     Setting("engine", "engine", _choice("engine", ("native", "hub")), "native",
             "`native`: our resumable ranged engine. `hub`: huggingface_hub's snapshot_download (Xet-capable), "
             "wrapped with the same plan, retries, verification and marker.", choices=("native", "hub")),
@@ -213,9 +218,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("connect-timeout", "connect_timeout", _positive_float("connect-timeout"), "10",
             "Seconds to open a TCP/TLS connection."),
     Setting("stall-timeout", "stall_timeout", _positive_float("stall-timeout"), "60",
-            "Stall watchdog: seconds without a byte (headers or body) before the connection is dropped and resumed."),
+            "Stall watchdog: seconds without a byte (headers or body) before the connection is dropped and resumed.",
+            extra_env=("HF_HUB_DOWNLOAD_TIMEOUT",)),
     Setting("api-timeout", "api_timeout", _positive_float("api-timeout"), "30",
-            "Seconds for each hub API call (revision, file listing); huggingface_hub sets none."),
+            "Seconds for each hub API call (revision, file listing); huggingface_hub sets none.",
+            extra_env=("HF_HUB_ETAG_TIMEOUT",)),
     Setting("retry-budget", "retry_budget", _positive_float("retry-budget"), "900",
             "Seconds the run may go on failing without progress (backoff included) before it exits with code 7. "
             "Any received byte restarts the clock."),
@@ -271,6 +278,7 @@ class Config:
     repo_id: str = DEFAULT_REPO_ID
     revision: str = "main"
     target: str = "/models"
+    offline: bool = False
     layout: str = "flat"
     keep_revisions: int = 2
     include: tuple[str, ...] = ()
@@ -347,7 +355,17 @@ def read_token(*, token_file: str, environ: Mapping[str, str]) -> str | None:
             raise ConfigError(f"token-file: cannot read {token_file}: {exc.strerror}", setting="token-file") from None
         return token or None
     token = environ.get("HF_TOKEN", "").strip()
-    return token or None
+    if token:
+        return token
+    hf_path = environ.get("HF_TOKEN_PATH", "").strip()  # huggingface_hub's order: HF_TOKEN, then this file
+    if hf_path:
+        try:
+            return Path(hf_path).read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:  # huggingface_hub treats a missing token file as "no token"
+            return None
+        except OSError as exc:  # unreadable: say so rather than run unauthenticated by surprise
+            raise ConfigError(f"HF_TOKEN_PATH: cannot read {hf_path}: {exc.strerror}", setting="token-file") from None
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, command: str) -> None:

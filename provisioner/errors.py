@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     LOCAL_IO = 8  # the target is not writable or another local I/O error
     BAD_REMOTE = 9  # the hub sent unsafe or malformed metadata (path traversal, bad JSON, absurd sizes)
     NOT_READY = 10  # `check`: no valid ready marker matching the files on disk
+    OFFLINE = 11  # offline (--offline / HF_HUB_OFFLINE) and no verified copy of this repo and revision
     # Signals: 128 + signal number (SIGINT 130, SIGTERM 143), as shells do.
 
 
@@ -117,6 +118,16 @@ class BadRemoteError(ProvisionerError):
     def __init__(self, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
         self.detail = detail
+
+
+class OfflineError(ProvisionerError):
+    """Offline, and the volume holds no verified copy of what was asked for: nothing may be fetched."""
+
+    exit_code = ExitCode.OFFLINE
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # why the volume's copy does not answer (the marker check's reason)
 
 
 class Interrupted(ProvisionerError):

@@ -1,6 +1,6 @@
 """The warm start that needs nothing but the marker: an init container restarting on a verified volume.
 
-In init mode with a pinned commit, no linger, no Pushgateway and no Kubernetes API features, a valid
+In init mode with a pinned commit (or offline), no linger, no Pushgateway and no Kubernetes API features, a valid
 marker is the whole answer: no request, no metrics, no listener (init containers have no probes). This
 path loads only config, logs, marker and layout — not prometheus_client, http.server, huggingface_hub or
 the pipeline — which is most of a warm start's cost. Anything else (a branch that may have moved, a
@@ -26,7 +26,9 @@ log = logging.getLogger("provisioner")
 
 def eligible(cfg: Config, *, environ: Mapping[str, str]) -> bool:
     """Nothing but the marker could change the outcome or needs to be reported."""
-    if cfg.mode != "init" or cfg.reverify or cfg.linger > 0 or cfg.pushgateway or not cfg.commit_pinned:
+    if cfg.mode != "init" or cfg.reverify or cfg.linger > 0 or cfg.pushgateway:
+        return False
+    if not (cfg.commit_pinned or cfg.offline):  # a branch may have moved: only offline takes it as it is
         return False
     from ..kube.client import wanted  # cheap: the kubernetes package itself loads only when used
 

@@ -365,6 +365,10 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
 - name: PROVISIONER_REVERIFY
   value: "true"
 {{- end }}
+{{- if $m.offline }}
+- name: PROVISIONER_OFFLINE
+  value: "true"
+{{- end }}
 {{- with $m.token.existingSecret }}
 {{- if eq $m.token.as "env" }}
 - name: HF_TOKEN
