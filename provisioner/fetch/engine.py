@@ -29,6 +29,7 @@ package's http, journal and frontier.
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import threading
 import time
@@ -48,7 +49,8 @@ from ..retry import retry_step
 from ..verify.checksums import Digests, wanted_digests
 from .frontier import HashFrontier
 from .http import Aborted, HubHttp, Job, Restart, Retry, classify, make_client
-from .journal import Journal, layout_segments
+from .journal import Journal, ensure_partial_dir, layout_segments
+from .small import SmallJournal, is_small, small_in_flight
 
 __all__ = ["FetchedFile", "fetch_files", "make_client"]
 
@@ -84,6 +86,10 @@ def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext, st
     `ctx.stop` is set. In every case partial data and offsets are flushed and kept for the next call.
     """
     config, stop = ctx.config, ctx.stop
+    large = sorted((e for e in entries if not is_small(e)), key=lambda e: e.size, reverse=True)  # shortest makespan
+    small = [e for e in entries if is_small(e)]
+    if small:
+        ensure_partial_dir(state_dir, needed=0)  # once here, not once per small file
     own_client = client is None
     http = make_client(config) if client is None else client
     session = _Session(plan, ctx=ctx, state_dir=state_dir, client=http)
@@ -91,14 +97,32 @@ def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext, st
     first_error: BaseException | None = None
     stopped = False
     aborted_at: float | None = None
-    order = sorted(entries, key=lambda e: e.size, reverse=True)  # big files first: shortest makespan
-    pool = ThreadPoolExecutor(max_workers=max(1, config.max_workers), thread_name_prefix="fetch")
+    # Large files: --max-workers at a time, each on up to --connections-per-file ranged requests. Small
+    # files are latency-bound: their own workers keep more requests in flight (small.small_in_flight).
+    work: list[tuple[ThreadPoolExecutor, list[FileEntry]]] = []
+    if large:
+        work.append((ThreadPoolExecutor(max_workers=max(1, config.max_workers), thread_name_prefix="fetch"), large))
+    if small:
+        work.append((ThreadPoolExecutor(max_workers=min(len(small), small_in_flight(config)),
+                                        thread_name_prefix="fetch-small"), small))
+    finished: queue.SimpleQueue[Future[FetchedFile]] = queue.SimpleQueue()
+    futures: dict[Future[FetchedFile], FileEntry] = {}
     try:
-        futures = {pool.submit(session.fetch_file, e): e for e in order}
-        pending: set[Future[FetchedFile]] = set(futures)
+        for pool, todo in work:
+            for e in todo:
+                fut = pool.submit(session.fetch_file, e)
+                futures[fut] = e
+                fut.add_done_callback(finished.put)  # O(1) per file, unlike wait() over every pending future
+        pending = len(futures)
         while pending:
-            # timeout: wake up to notice the external stop event (set by a signal handler)
-            done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            try:
+                # timeout: wake up to notice the external stop event (set by a signal handler)
+                done = [finished.get(timeout=POLL_SECONDS)]
+            except queue.Empty:  # nothing finished in this period: look at the stop event below
+                done = []
+            while not finished.empty():
+                done.append(finished.get_nowait())
+            pending -= len(done)
             for fut in done:
                 exc = fut.exception()
                 if exc is None:
@@ -122,12 +146,13 @@ def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext, st
         session.abort(hard=True)
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for pool, _ in work:
+            pool.shutdown(wait=True, cancel_futures=True)
         if own_client:
             http.close()
     if first_error is not None:
         raise first_error
-    if stopped or len(results) < len(order):
+    if stopped or len(results) < len(futures):
         raise interrupted(stop)
     return results
 
@@ -168,8 +193,9 @@ class _Session:
     def fetch_file(self, entry: FileEntry) -> FetchedFile:
         if self.aborted.is_set():
             raise Aborted()
-        journal = Journal.open(self.state_dir, entry, split_threshold=self.config.split_threshold,
-                               connections=self.config.connections_per_file)
+        journal = (SmallJournal.start(self.state_dir, entry) if is_small(entry) else
+                   Journal.open(self.state_dir, entry, split_threshold=self.config.split_threshold,
+                                connections=self.config.connections_per_file))
         hub_url = hf_hub_url(self.plan.repo_id, entry.path, revision=self.plan.commit, endpoint=self.plan.endpoint)
         path = entry.path
         ok = False
