@@ -15,6 +15,9 @@ Design in brief (docs/design.md has the on-disk layout):
   back to one stream from 0);
 * a `HashFrontier` (frontier.py) hashes bytes in file order while segments land out of
   order, so verification after the last byte costs almost nothing;
+* files up to 1 MiB take the small-file path (small.py): the same code on an in-memory
+  `SmallJournal`, written once when complete, with their own workers (up to 16 requests in
+  flight), since for them round trips and per-file disk work cost more than the bytes;
 * requests, redirects and the HTTP status -> error mapping live in http.py;
 * every failure is classified into a low-cardinality reason and retried inside the shared
   `RetryBudget`; permanent ones (404, 401/403 from the hub, other 4xx, local I/O) fail fast and
@@ -23,7 +26,7 @@ Design in brief (docs/design.md has the on-disk layout):
 Read top-down: `fetch_files` (files in parallel) -> `_Session.fetch_file` (one file, restarts) ->
 `_fetch_segments_parallel` / `_fetch_segment` (pieces, retries) -> `_stream_segment` (one response)
 -> `_consume` (the write loop). Imports context, errors, manifest, redact, retry, verify and this
-package's http, journal and frontier.
+package's http, journal, small and frontier.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext, st
 
     Raises the first permanent error (NotFoundError, UnauthorizedError, BadRemoteError, NoSpaceError,
     LocalIOError), RetryBudgetExhausted after an outage longer than the budget, or Interrupted when
-    `ctx.stop` is set. In every case partial data and offsets are flushed and kept for the next call.
+    `ctx.stop` is set. In every case partial data and offsets are flushed and kept for the next call
+    (of a small file only a complete one: small.py).
     """
     config, stop = ctx.config, ctx.stop
     large = sorted((e for e in entries if not is_small(e)), key=lambda e: e.size, reverse=True)  # shortest makespan
