@@ -4,6 +4,7 @@ flight, and placed with one directory fsync per folder; a kill mid-run still end
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -20,6 +21,7 @@ from provisioner import marker
 from provisioner import place as place_mod
 from provisioner.api import provision
 from provisioner.config import Config
+from provisioner.errors import NoSpaceError
 from provisioner.fetch import part_key, partial_bytes_on_disk
 from provisioner.fetch import small as small_mod
 from provisioner.fetch.small import SMALL_FILE_BYTES, SmallJournal, small_in_flight
@@ -195,3 +197,24 @@ def test_kill_mid_run_of_many_small_files_ends_ready_on_rerun(hub: HubEmulator, 
     for path, data in files.items():
         assert (target / path).read_bytes() == data, path
     assert not list((target / ".provisioner" / "partial").iterdir())  # nothing left behind
+
+
+def test_no_space_while_writing_a_small_file_is_reported_and_leaves_nothing_trusted(
+        hub: HubEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.add_repo(REPO, many_files(8, folders=2))
+    plan = plan_for(hub)
+    real_write = os.write
+
+    def full(fd: int, data: Any) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".small.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    run = Run(hub, plan, tmp_path)
+    with pytest.raises(NoSpaceError):
+        run()
+    monkeypatch.undo()
+    assert not list((run.state_dir / "partial").glob("*.small"))  # only complete files ever get that name
+    assert all(partial_bytes_on_disk(run.state_dir, e) == 0 for e in plan.files)
+    assert_correct(hub, Run(hub, plan, tmp_path)())  # space back: the next call fetches them
