@@ -39,6 +39,7 @@ for _path in (REPO_ROOT / "emulator", REPO_ROOT):  # the hub emulator is its own
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import small_files  # noqa: E402  (P10; next to this script)
 from hub_emulator import HubEmulator, HubStats, prime_hash_cache  # noqa: E402
 
 KiB = 1024
@@ -46,7 +47,7 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 MB = 1000 * 1000
 
-SCENARIOS: tuple[str, ...] = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
+SCENARIOS: tuple[str, ...] = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
 BIG_FILE = "model.safetensors"
 TOOLS = ("mp", "hf", "seed")
 TOOL_LABEL = {"mp": "model-provisioner", "hf": "hf download", "seed": "snapshot_download (seed)"}
@@ -916,6 +917,19 @@ class Scenarios:
             f"/metrics p99 ≤ {server_load.TARGET_P99 * 1000:.0f} ms, 0 failed, 0 non-JSON lines",
             verdict(server_load.ok(res))))
 
+    # ---- P10 ---------------------------------------------------------------------------------
+    def p10(self) -> None:
+        n = small_files.file_count(quick=self.s.quick)
+        res = small_files.run(self.b, n=n, runs=self.s.runs, tools=self.tools(), log=log)
+        self.report.raw["P10"] = {k: [asdict(r) for r in v] for k, v in res.items()}
+        ratio = _ratio(self._med_wall(res["mp"]), self._med_wall(res["hf"]))
+        self.report.rows.append(Row(
+            "P10", f"wall time, {n} files of {fmt_size(small_files.FILE_SIZE)} in {small_files.FOLDERS} folders "
+                  f"(half LFS), global cap {fmt_size(small_files.CAP)}/s",
+            small_files.cell(res["mp"], n=n), small_files.cell(res["hf"], n=n),
+            small_files.cell(res.get("seed", []), n=n), _fmt_ratio(ratio), "≤ 0.8× hf",
+            verdict(None if ratio is None else ratio <= 0.8)))
+
 
 # ------------------------------------------------------------------------------------------ output
 
@@ -1030,7 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps: dict[str, Callable[[], None]] = {
             "P1": sc.p1, "P1b": sc.p1b, "P2": sc.p2, "P3": sc.p3, "P4": sc.p4, "P5": sc.p5,
             "P6": (lambda: sc.p6(big)) if big is not None else (lambda: None),
-            "P7": sc.p7, "P8": sc.p8, "P9": sc.p9,
+            "P7": sc.p7, "P8": sc.p8, "P9": sc.p9, "P10": sc.p10,
         }
         for name in settings.scenarios:
             log(f"--- {name}")

@@ -1,7 +1,8 @@
 """Stage: put verified files at their repo paths inside the target, and never anywhere else.
 
 Owns the target's path safety (no symlinked folder may lead a write outside the target, no `.provisioner`
-that is not a real folder) and the move of a verified part file into place (rename + directory fsync).
+that is not a real folder) and the move of a verified part file into place (rename + directory fsync, or one fsync per
+folder for a batch: `sync_dirs`).
 Imports only errors, manifest and state helpers: every higher stage may use it.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import LocalIOError
@@ -79,12 +81,29 @@ def safe_final_path(target: Path, entry: FileEntry) -> Path:
     return final
 
 
-def place(target: Path, entry: FileEntry, part: Path) -> None:
-    """Move a verified part file to its final path (atomic rename, then the folder is fsynced)."""
+def place(target: Path, entry: FileEntry, part: Path, *, sync_dir: bool = True) -> Path:
+    """Move a verified part file to its final path (atomic rename, then the folder is fsynced).
+
+    `sync_dir=False` leaves the folder's fsync to the caller, who must call `sync_dirs` on the
+    returned final paths before the ready marker (one fsync per folder instead of one per file)."""
     final = safe_final_path(target, entry)
     try:
         os.chmod(part, 0o644)
         os.replace(part, final)  # replaces a planted symlink itself, never its destination
-        fsutil.fsync_dir(final.parent)
+        if sync_dir:
+            fsutil.fsync_dir(final.parent)
     except OSError as exc:  # cross-device state dir, read-only remount
         raise LocalIOError(f"cannot move {entry.path} into place: {exc.strerror}", path=str(final)) from None
+    return final
+
+
+def sync_dirs(finals: Iterable[Path]) -> int:
+    """fsync each folder holding one of `finals` once (the renames of `place(..., sync_dir=False)`
+    become durable). Returns the number of folders synced."""
+    folders = {final.parent for final in finals}
+    for folder in sorted(folders):
+        try:
+            fsutil.fsync_dir(folder)
+        except OSError as exc:  # the renames may not be durable: the marker must not be written
+            raise LocalIOError(f"cannot fsync {folder}: {exc.strerror}", path=str(folder)) from None
+    return len(folders)

@@ -49,6 +49,7 @@ from provisioner.fetch import (
     prune_partials,
 )
 from provisioner.fetch import journal as fetch_journal
+from provisioner.fetch import small as fetch_small
 from provisioner.fetch.journal import layout_segments
 from provisioner.manifest import FileEntry, Plan
 from provisioner.observe.progress import Tracker
@@ -607,11 +608,13 @@ def test_range_ignored_falls_back_to_one_stream(big_hub: HubEmulator, tmp: Path)
     assert last.range is None and last.bytes_sent == 24 * MiB
     meta = json.loads((run.state_dir / "partial" / f"{part_key(plan.file(BIG))}.json").read_text())
     assert meta["no_range"] is True and meta["segments"] == [[0, 24 * MiB]]
-    # A small file asked for from byte 0 simply takes the 200: one request, no restart.
+    # A small file asked for from byte 0 simply takes the 200: one request, no restart, and (small-file
+    # path) no journal on disk, only the complete file.
     small = big_hub.stats.requests_for(kind="resolve", path="*/config.json")
     assert [r.status for r in small] == [200]
-    meta = json.loads((run.state_dir / "partial" / f"{part_key(plan.file('config.json'))}.json").read_text())
-    assert meta["no_range"] is True
+    key = part_key(plan.file("config.json"))
+    assert not (run.state_dir / "partial" / f"{key}.json").exists()
+    assert (run.state_dir / "partial" / f"{key}.small").stat().st_size == plan.file("config.json").size
 
 
 def test_range_ignored_on_resume_rewrites_from_zero(big_hub: HubEmulator, tmp: Path) -> None:
@@ -811,7 +814,9 @@ def test_stop_interrupts_a_long_backoff(big_hub: HubEmulator, tmp: Path) -> None
         big_hub.up()
 
 
-def test_planted_symlink_part_file_is_never_written_through(big_hub: HubEmulator, tmp: Path) -> None:
+def test_planted_symlink_part_file_is_never_written_through(big_hub: HubEmulator, tmp: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetch_small, "SMALL_FILE_BYTES", 0)  # config.json through the on-disk journal
     plan = plan_for(big_hub)
     entry = plan.file("config.json")
     victim = tmp / "victim.txt"

@@ -7,6 +7,7 @@ marker (the caller verifies, places and marks). Read it top-down:
   resumable across processes, hashed while streaming;
 * `http.py` — its HTTP side: the client, the request/redirect/re-resolve dance, HTTP status -> error;
 * `journal.py` — the on-disk journal of one partial file (bytes at final offsets + u64 offsets);
+* `small.py` — the small-file path: a journal in memory, the file written once when complete;
 * `frontier.py` — the hash frontier: digests in file order while pieces land out of order;
 * `hub.py` — `--engine hub` (`fetch_with_hub`): huggingface_hub's `snapshot_download`, wrapped.
 
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .engine import FetchedFile, fetch_files, make_client
 from .journal import clear_journal, discard_partial, part_key, partial_bytes_on_disk, prune_partials
+from .small import is_small
 
 if TYPE_CHECKING:
     from ..context import RunContext
@@ -51,6 +53,7 @@ __all__ = [
     "discard_partial",
     "fetch_files",
     "fetch_with_hub",
+    "is_small",
     "make_client",
     "part_key",
     "partial_bytes_on_disk",

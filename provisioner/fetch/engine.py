@@ -15,6 +15,9 @@ Design in brief (docs/design.md has the on-disk layout):
   back to one stream from 0);
 * a `HashFrontier` (frontier.py) hashes bytes in file order while segments land out of
   order, so verification after the last byte costs almost nothing;
+* files up to 1 MiB take the small-file path (small.py): the same code on an in-memory
+  `SmallJournal`, written once when complete, with their own workers (up to 16 requests in
+  flight), since for them round trips and per-file disk work cost more than the bytes;
 * requests, redirects and the HTTP status -> error mapping live in http.py;
 * every failure is classified into a low-cardinality reason and retried inside the shared
   `RetryBudget`; permanent ones (404, 401/403 from the hub, other 4xx, local I/O) fail fast and
@@ -23,12 +26,13 @@ Design in brief (docs/design.md has the on-disk layout):
 Read top-down: `fetch_files` (files in parallel) -> `_Session.fetch_file` (one file, restarts) ->
 `_fetch_segments_parallel` / `_fetch_segment` (pieces, retries) -> `_stream_segment` (one response)
 -> `_consume` (the write loop). Imports context, errors, manifest, redact, retry, verify and this
-package's http, journal and frontier.
+package's http, journal, small and frontier.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import threading
 import time
@@ -48,7 +52,8 @@ from ..retry import retry_step
 from ..verify.checksums import Digests, wanted_digests
 from .frontier import HashFrontier
 from .http import Aborted, HubHttp, Job, Restart, Retry, classify, make_client
-from .journal import Journal, layout_segments
+from .journal import Journal, ensure_partial_dir, layout_segments
+from .small import SmallJournal, is_small, small_in_flight
 
 __all__ = ["FetchedFile", "fetch_files", "make_client"]
 
@@ -81,55 +86,104 @@ def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext, st
 
     Raises the first permanent error (NotFoundError, UnauthorizedError, BadRemoteError, NoSpaceError,
     LocalIOError), RetryBudgetExhausted after an outage longer than the budget, or Interrupted when
-    `ctx.stop` is set. In every case partial data and offsets are flushed and kept for the next call.
+    `ctx.stop` is set. In every case partial data and offsets are flushed and kept for the next call
+    (of a small file only a complete one: small.py).
     """
     config, stop = ctx.config, ctx.stop
+    large = sorted((e for e in entries if not is_small(e)), key=lambda e: e.size, reverse=True)  # shortest makespan
+    small = [e for e in entries if is_small(e)]
+    if small:
+        ensure_partial_dir(state_dir, needed=0)  # once here, not once per small file
     own_client = client is None
     http = make_client(config) if client is None else client
     session = _Session(plan, ctx=ctx, state_dir=state_dir, client=http)
-    results: dict[str, FetchedFile] = {}
-    first_error: BaseException | None = None
-    stopped = False
-    aborted_at: float | None = None
-    order = sorted(entries, key=lambda e: e.size, reverse=True)  # big files first: shortest makespan
-    pool = ThreadPoolExecutor(max_workers=max(1, config.max_workers), thread_name_prefix="fetch")
+    # Large files: --max-workers at a time, each on up to --connections-per-file ranged requests. Small
+    # files are latency-bound: their own workers keep more requests in flight (small.small_in_flight).
+    work: list[tuple[ThreadPoolExecutor, list[FileEntry]]] = []
+    if large:
+        work.append((ThreadPoolExecutor(max_workers=max(1, config.max_workers), thread_name_prefix="fetch"), large))
+    if small:
+        work.append((ThreadPoolExecutor(max_workers=min(len(small), small_in_flight(config)),
+                                        thread_name_prefix="fetch-small"), small))
+    collector = _Collector(session)
     try:
-        futures = {pool.submit(session.fetch_file, e): e for e in order}
-        pending: set[Future[FetchedFile]] = set(futures)
-        while pending:
-            # timeout: wake up to notice the external stop event (set by a signal handler)
-            done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-            for fut in done:
-                exc = fut.exception()
-                if exc is None:
-                    fetched = fut.result()
-                    results[fetched.entry.path] = fetched
-                elif not isinstance(exc, Aborted) and first_error is None:
-                    first_error = exc
-                    log.error("fetch %s failed: %s", futures[fut].path, redact(str(exc), session.secrets))
-                    session.abort()  # the others flush their journals and stop
-                elif isinstance(exc, Aborted):
-                    stopped = True
-            if stop.is_set() and not session.aborted.is_set():
-                log.warning("fetch: stop requested; flushing partial data")
-                session.abort()
-            if session.aborted.is_set():
-                now = time.monotonic()
-                aborted_at = now if aborted_at is None else aborted_at
-                if now - aborted_at >= ABORT_GRACE_SECONDS:
-                    session.abort(hard=True)  # wake workers blocked in a stalled read
+        for pool, todo in work:
+            for e in todo:
+                collector.track(pool.submit(session.fetch_file, e), e)
+        collector.run(stop)
     except BaseException:  # KeyboardInterrupt in the caller's thread: stop the workers before leaving
         session.abort(hard=True)
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for pool, _ in work:
+            pool.shutdown(wait=True, cancel_futures=True)
         if own_client:
             http.close()
-    if first_error is not None:
-        raise first_error
-    if stopped or len(results) < len(order):
+    if collector.first_error is not None:
+        raise collector.first_error
+    if collector.stopped or len(collector.results) < len(collector.futures):
         raise interrupted(stop)
-    return results
+    return collector.results
+
+
+class _Collector:
+    """Gathers the workers' outcomes as they finish: the first real error aborts the others; a stop
+    request aborts softly, then hard after ABORT_GRACE_SECONDS (workers blocked in a stalled read)."""
+
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+        self.results: dict[str, FetchedFile] = {}
+        self.first_error: BaseException | None = None
+        self.stopped = False
+        self.futures: dict[Future[FetchedFile], FileEntry] = {}
+        self._finished: queue.SimpleQueue[Future[FetchedFile]] = queue.SimpleQueue()
+        self._aborted_at: float | None = None
+
+    def track(self, fut: Future[FetchedFile], entry: FileEntry) -> None:
+        self.futures[fut] = entry
+        fut.add_done_callback(self._finished.put)  # O(1) per file, unlike wait() over every pending future
+
+    def run(self, stop: threading.Event) -> None:
+        pending = len(self.futures)
+        while pending:
+            done = self._drain()
+            pending -= len(done)
+            for fut in done:
+                self._settle(fut)
+            self._watch_stop(stop)
+
+    def _drain(self) -> list[Future[FetchedFile]]:
+        try:
+            # timeout: wake up to notice the external stop event (set by a signal handler)
+            done = [self._finished.get(timeout=POLL_SECONDS)]
+        except queue.Empty:  # nothing finished in this period: look at the stop event below
+            done = []
+        while not self._finished.empty():
+            done.append(self._finished.get_nowait())
+        return done
+
+    def _settle(self, fut: Future[FetchedFile]) -> None:
+        exc = fut.exception()
+        if exc is None:
+            fetched = fut.result()
+            self.results[fetched.entry.path] = fetched
+        elif isinstance(exc, Aborted):
+            self.stopped = True
+        elif self.first_error is None:
+            self.first_error = exc
+            log.error("fetch %s failed: %s", self.futures[fut].path, redact(str(exc), self.session.secrets))
+            self.session.abort()  # the others flush their journals and stop
+
+    def _watch_stop(self, stop: threading.Event) -> None:
+        session = self.session
+        if stop.is_set() and not session.aborted.is_set():
+            log.warning("fetch: stop requested; flushing partial data")
+            session.abort()
+        if session.aborted.is_set():
+            now = time.monotonic()
+            self._aborted_at = now if self._aborted_at is None else self._aborted_at
+            if now - self._aborted_at >= ABORT_GRACE_SECONDS:
+                session.abort(hard=True)  # wake workers blocked in a stalled read
 
 
 def _strong_etag(etag: str | None) -> bool:
@@ -168,8 +222,9 @@ class _Session:
     def fetch_file(self, entry: FileEntry) -> FetchedFile:
         if self.aborted.is_set():
             raise Aborted()
-        journal = Journal.open(self.state_dir, entry, split_threshold=self.config.split_threshold,
-                               connections=self.config.connections_per_file)
+        journal = (SmallJournal.start(self.state_dir, entry) if is_small(entry) else
+                   Journal.open(self.state_dir, entry, split_threshold=self.config.split_threshold,
+                                connections=self.config.connections_per_file))
         hub_url = hf_hub_url(self.plan.repo_id, entry.path, revision=self.plan.commit, endpoint=self.plan.endpoint)
         path = entry.path
         ok = False

@@ -6,14 +6,13 @@ asked for none (`--verify none`), the frontier only records offsets: no hasher t
 The hasher must see the bytes in order, but segments land out of order. `position` is the
 frontier: every byte before it has been hashed. Writers `commit()` each chunk right after it is on
 disk; a chunk that starts exactly at the frontier is hashed inline (no re-read). Anything else
-(later segments, the prefix of a resumed partial) is read back from the part file, which is in
-the page cache, by a per-file hasher thread (multi-segment files) or synchronously
+(later segments, the prefix of a resumed partial) is read back through the journal (`Journal.read`:
+the part file, in the page cache; a small file's memory), by a per-file hasher thread (multi-segment files) or synchronously
 (`catch_up()`, single-stream files before they resume). Memory stays at one chunk per reader.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
 from ..errors import LocalIOError
@@ -95,11 +94,7 @@ class HashFrontier:
         return max(pos, start + done[self._seg]) if start <= pos else pos
 
     def _hash_from_disk(self, start: int, end: int) -> int:
-        try:
-            data = os.pread(self._journal.part_fd, end - start, start)
-        except OSError as exc:  # an unreadable part file is a local I/O failure, not a network one
-            raise LocalIOError(f"cannot read back {self._journal.part_path}: {exc.strerror or exc}",
-                               path=str(self._journal.part_path)) from exc
+        data = self._journal.read(start, end - start)  # LocalIOError when the part file is unreadable
         if not data:  # the part file is shorter than its journal claims: never hash garbage
             raise LocalIOError(f"part file of {self._journal.entry.path} is truncated at {start}",
                                path=str(self._journal.part_path))

@@ -27,6 +27,7 @@ from ..manifest import FileEntry, Plan
 from ..redact import redact, strip_query
 from ..retry import parse_retry_after
 from .journal import Journal
+from .small import small_in_flight
 
 MAX_REDIRECTS = 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -62,7 +63,8 @@ class Aborted(Exception):
 # ---- the client -------------------------------------------------------------------------------
 def make_client(config: Config) -> httpx2.Client:
     """The engine's HTTP client: the read timeout is the stall watchdog; redirects are ours to follow."""
-    connections = config.max_workers * config.connections_per_file + 2
+    # the large files' ranged requests + the small files' own workers (small.py) + the hub calls
+    connections = config.max_workers * config.connections_per_file + small_in_flight(config) + 2
     return httpx2.Client(
         timeout=client_timeout(config),
         limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections),

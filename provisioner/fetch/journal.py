@@ -4,6 +4,9 @@
     <state_dir>/partial/<key>.json     {"version", "path", "expected", "size", "etag", "no_range",
                                         "segments": [[start, end), ...]}  (end exclusive)
     <state_dir>/partial/<key>.offsets  one little-endian u64 per segment: bytes done in that segment
+    <state_dir>/partial/<key>.small    a complete small file (fetch/small.py: no journal, never sparse),
+                                       written whole to <key>.small.tmp, fsynced, then renamed: it
+                                       exists only complete
 
 Invariants that make a SIGKILL at any instant safe:
 * an offset only advances after the `pwrite` of its data returned, with one 8-byte `pwrite` (a
@@ -86,6 +89,21 @@ def _paths(state_dir: Path, entry: FileEntry) -> tuple[Path, Path, Path]:
 
 def part_path(state_dir: Path, entry: FileEntry) -> Path:
     return _paths(state_dir, entry)[0]
+
+
+def small_paths(state_dir: Path, entry: FileEntry) -> tuple[Path, Path]:
+    """A small file's complete copy and the temporary file it is written to first."""
+    base = partial_dir(state_dir) / part_key(entry)
+    return base.with_suffix(".small"), base.with_suffix(".small.tmp")
+
+
+def complete_small_bytes(state_dir: Path, entry: FileEntry) -> int:
+    """The size of a complete small file in the state directory (it is renamed there only complete), or 0."""
+    try:
+        st = small_paths(state_dir, entry)[0].lstat()
+    except OSError:  # none (the normal case) or unreadable: nothing to resume
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size == entry.size else 0
 
 
 # Large files are cut into pieces of at most this size (see layout_segments). Trade-off: after the
@@ -174,14 +192,14 @@ def _load(state_dir: Path, entry: FileEntry) -> tuple[dict[str, Any], list[tuple
 def partial_bytes_on_disk(state_dir: Path, entry: FileEntry) -> int:
     """Resumable bytes of `entry` present in the state directory (0 if none or not trustworthy)."""
     loaded = _load(state_dir, entry)
-    return sum(loaded[2]) if loaded else 0
+    return sum(loaded[2]) if loaded else complete_small_bytes(state_dir, entry)
 
 
 def _unlink_all(state_dir: Path, entry: FileEntry, *, keep_part: bool = False) -> None:
     part, meta, offsets = _paths(state_dir, entry)
     victims = [meta, meta.with_suffix(".json.tmp"), offsets]
     if not keep_part:
-        victims.append(part)
+        victims += [part, *small_paths(state_dir, entry)]
     for p in victims:
         try:
             p.unlink()
@@ -216,7 +234,7 @@ def prune_partials(state_dir: Path, keep: Iterable[FileEntry]) -> int:
         raise local_error(exc, path=directory / "x", needed=0) from exc
     for p in victims:
         try:
-            size = p.stat().st_blocks * 512 if p.suffix == ".part" else 0
+            size = p.stat().st_blocks * 512 if p.suffix in (".part", ".small") else 0
             p.unlink()
             freed += size
         except FileNotFoundError:  # raced with another cleanup: already gone
@@ -224,6 +242,18 @@ def prune_partials(state_dir: Path, keep: Iterable[FileEntry]) -> int:
         except OSError as exc:  # read-only volume: the leftovers stay, the caller must know
             raise local_error(exc, path=p, needed=0) from exc
     return freed
+
+
+def ensure_partial_dir(state_dir: Path, *, needed: int) -> Path:
+    """Create the partial folder; refuse one that is a symlink (it would send our writes elsewhere)."""
+    directory = partial_dir(state_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only or full volume: a local problem, not a network one
+        raise local_error(exc, path=directory / "x", needed=needed) from exc
+    if directory.is_symlink():
+        raise LocalIOError(f"refusing to write partial data through the symlink {directory}", path=str(directory))
+    return directory
 
 
 class Journal:
@@ -252,13 +282,7 @@ class Journal:
     @classmethod
     def open(cls, state_dir: Path, entry: FileEntry, *, split_threshold: int, connections: int) -> Journal:
         """Load a consistent journal for `entry` (resume) or create a fresh one."""
-        directory = partial_dir(state_dir)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # read-only or full volume: a local problem, not a network one
-            raise local_error(exc, path=directory / "x", needed=entry.size) from exc
-        if directory.is_symlink():
-            raise LocalIOError(f"refusing to write partial data through the symlink {directory}", path=str(directory))
+        ensure_partial_dir(state_dir, needed=entry.size)
         loaded = _load(state_dir, entry)
         if loaded is not None:
             meta, segs, done = loaded
@@ -366,6 +390,14 @@ class Journal:
                 self._unsynced = 0
         if due:  # by the one writer that crossed the threshold, outside the lock
             start_writeback(self._part_fd)
+
+    def read(self, pos: int, n: int) -> bytes:
+        """Up to `n` bytes from `pos` (the hash frontier reads back what it did not hash inline)."""
+        try:
+            return os.pread(self._part_fd, n, pos)
+        except OSError as exc:  # an unreadable part file is a local I/O failure, not a network one
+            raise LocalIOError(f"cannot read back {self.part_path}: {exc.strerror or exc}",
+                               path=str(self.part_path)) from exc
 
     def advance(self, seg: int, n: int) -> None:
         """Record that `n` more bytes of segment `seg` are on disk (call only after `write` returned)."""

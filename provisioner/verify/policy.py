@@ -122,6 +122,7 @@ def _fetch_native(ctx: RunContext, plan: Plan, todo: list[FileEntry], *, target:
     state_dir = marker.state_dir(target)
     fetched = fetch_files(plan, todo, ctx=ctx, state_dir=state_dir)
     bad: list[Mismatch] = []
+    placed: list[Path] = []
     t = time.monotonic()
     for entry in todo:
         item = fetched[entry.path]
@@ -130,8 +131,9 @@ def _fetch_native(ctx: RunContext, plan: Plan, todo: list[FileEntry], *, target:
             ctx.tracker.discard_bytes(entry.path, discard_partial(state_dir, entry))
             bad.append((entry, expected, actual))
             continue
-        place.place(target, entry, item.part_path)
+        placed.append(place.place(target, entry, item.part_path, sync_dir=False))
         clear_journal(state_dir, entry)  # the journal beside the (now moved) part file
+    place.sync_dirs(placed)  # one fsync per folder, before anything (the marker) claims these files
     return bad, time.monotonic() - t
 
 
