@@ -21,6 +21,9 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Optional package index (a mirror); only this stage sees it, so it never reaches the final image.
 ARG PIP_INDEX_URL=https://pypi.org/simple
+# Optional local wheel directories pip also looks in (space-separated; e.g. a CPU torch wheel that
+# scripts/podman-image.sh mounts with `podman build -v`); build stage only, like the index.
+ARG PIP_FIND_LINKS=""
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -40,15 +43,18 @@ RUN --mount=type=secret,id=host-ca \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY provisioner ./provisioner
-# Then the package. Afterwards, trim what the runtime never runs: pip and setuptools (it installs
-# nothing), the packages' own test suites, and the kubernetes asyncio client (kubernetes/aio, ~70 MB;
-# provisioner/kube.py uses the sync client only).
+# Then the package.
 RUN --mount=type=secret,id=host-ca \
     if [ -s /run/secrets/host-ca ]; then export PIP_CERT=/run/secrets/host-ca; fi \
     && if [ "$EMBED" = "1" ]; then extra="[embed]"; else extra=""; fi \
     && pip install --no-cache-dir --index-url "${PIP_INDEX_URL}" "./${extra}" \
-    && model-provisioner --help > /dev/null \
-    && pip uninstall --yes pip setuptools \
+    && model-provisioner --help > /dev/null
+
+# Trim what the runtime never runs, in its own step (only /opt/venv reaches the final image, so
+# this layer's size does not matter and changing the trim reuses the install layers): pip and
+# setuptools (it installs nothing), the packages' own test suites, and the kubernetes asyncio client
+# (kubernetes/aio, ~70 MB; the kube package uses the sync client only).
+RUN pip uninstall --yes pip setuptools \
     && site="$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
     && rm -rf /opt/venv/bin/pip* /opt/venv/share "$site/kubernetes/aio" \
     && find "$site" -depth -type d \( -name tests -o -name test \) -exec rm -rf {} + \
