@@ -52,12 +52,27 @@ RUN --mount=type=secret,id=host-ca \
 
 # Trim what the runtime never runs, in its own step (only /opt/venv reaches the final image, so
 # this layer's size does not matter and changing the trim reuses the install layers): pip and
-# setuptools (it installs nothing), the packages' own test suites, and the kubernetes asyncio client
-# (kubernetes/aio, ~70 MB; the kube package uses the sync client only).
+# setuptools (it installs nothing), the packages' own test suites, the kubernetes asyncio client
+# (kubernetes/aio, ~70 MB; the kube package uses the sync client only) and aiohttp with its
+# dependencies (only that client needs them). EMBED=1 also drops, from the CPU torch wheel, the C++
+# headers (62 MB, for building extensions), the C++ test binaries and protoc in torch/bin (50 MB;
+# torch_shm_manager stays) and the test libraries in torch/lib; networkx (torch.compile's partitioner
+# only); numpy's headers; and the bytecode of transformers' ~560 model folders (52 MB: the one model
+# family a smoke test loads compiles in milliseconds). sympy, scipy, scikit-learn and
+# torch.testing._internal stay: the smoke test imports them (python -X importtime; docs/benchmarks.md).
 RUN pip uninstall --yes pip setuptools \
     && site="$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
     && rm -rf /opt/venv/bin/pip* /opt/venv/share "$site/kubernetes/aio" \
     && find "$site" -depth -type d \( -name tests -o -name test \) -exec rm -rf {} + \
+    && rm -rf "$site"/aiohttp* "$site"/aiohappyeyeballs* "$site"/aiosignal* "$site"/frozenlist* \
+        "$site"/multidict* "$site"/propcache* "$site"/yarl* \
+    && if [ -d "$site/torch" ]; then \
+        rm -rf "$site/torch/include" "$site/torch/bin"/protoc* "$site/torch/bin"/*Test "$site/torch/bin"/test_* \
+            "$site/torch/lib"/lib*_test.so "$site/torch/lib/libbackend_with_compiler.so" \
+            "$site/torch/lib/libaoti_custom_ops.so" "$site"/networkx "$site"/networkx-*.dist-info \
+            "$site/numpy/_core/include" "$site"/transformers/models/*/__pycache__ \
+        && python -c 'import torch, sentence_transformers; assert torch.__version__.endswith("+cpu")'; \
+    fi \
     && python -c 'from kubernetes import client, config; import provisioner.kube, provisioner.cli'
 
 # ---------------------------------------------------------------------------------------------
