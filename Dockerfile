@@ -21,6 +21,9 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Optional package index (a mirror); only this stage sees it, so it never reaches the final image.
 ARG PIP_INDEX_URL=https://pypi.org/simple
+# Optional local wheel directories pip also looks in (space-separated; e.g. a CPU torch wheel that
+# scripts/podman-image.sh mounts with `podman build -v`); build stage only, like the index.
+ARG PIP_FIND_LINKS=""
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -40,18 +43,36 @@ RUN --mount=type=secret,id=host-ca \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY provisioner ./provisioner
-# Then the package. Afterwards, trim what the runtime never runs: pip and setuptools (it installs
-# nothing), the packages' own test suites, and the kubernetes asyncio client (kubernetes/aio, ~70 MB;
-# provisioner/kube.py uses the sync client only).
+# Then the package.
 RUN --mount=type=secret,id=host-ca \
     if [ -s /run/secrets/host-ca ]; then export PIP_CERT=/run/secrets/host-ca; fi \
     && if [ "$EMBED" = "1" ]; then extra="[embed]"; else extra=""; fi \
     && pip install --no-cache-dir --index-url "${PIP_INDEX_URL}" "./${extra}" \
-    && model-provisioner --help > /dev/null \
-    && pip uninstall --yes pip setuptools \
+    && model-provisioner --help > /dev/null
+
+# Trim what the runtime never runs, in its own step (only /opt/venv reaches the final image, so
+# this layer's size does not matter and changing the trim reuses the install layers): pip and
+# setuptools (it installs nothing), the packages' own test suites, the kubernetes asyncio client
+# (kubernetes/aio, ~70 MB; the kube package uses the sync client only) and aiohttp with its
+# dependencies (only that client needs them). EMBED=1 also drops, from the CPU torch wheel, the C++
+# headers (62 MB, for building extensions), the C++ test binaries and protoc in torch/bin (50 MB;
+# torch_shm_manager stays) and the test libraries in torch/lib; networkx (torch.compile's partitioner
+# only); numpy's headers; and the bytecode of transformers' ~560 model folders (52 MB: the one model
+# family a smoke test loads compiles in milliseconds). sympy, scipy, scikit-learn and
+# torch.testing._internal stay: the smoke test imports them (python -X importtime; docs/benchmarks.md).
+RUN pip uninstall --yes pip setuptools \
     && site="$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
     && rm -rf /opt/venv/bin/pip* /opt/venv/share "$site/kubernetes/aio" \
     && find "$site" -depth -type d \( -name tests -o -name test \) -exec rm -rf {} + \
+    && rm -rf "$site"/aiohttp* "$site"/aiohappyeyeballs* "$site"/aiosignal* "$site"/frozenlist* \
+        "$site"/multidict* "$site"/propcache* "$site"/yarl* \
+    && if [ -d "$site/torch" ]; then \
+        rm -rf "$site/torch/include" "$site/torch/bin"/protoc* "$site/torch/bin"/*Test "$site/torch/bin"/test_* \
+            "$site/torch/lib"/lib*_test.so "$site/torch/lib/libbackend_with_compiler.so" \
+            "$site/torch/lib/libaoti_custom_ops.so" "$site"/networkx "$site"/networkx-*.dist-info \
+            "$site/numpy/_core/include" "$site"/transformers/models/*/__pycache__ \
+        && python -c 'import torch, sentence_transformers; assert torch.__version__.endswith("+cpu")'; \
+    fi \
     && python -c 'from kubernetes import client, config; import provisioner.kube, provisioner.cli'
 
 # ---------------------------------------------------------------------------------------------
