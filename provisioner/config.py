@@ -151,6 +151,12 @@ def _url(name: str, *, allow_empty: bool) -> Callable[[str], str]:
     return parse
 
 
+def _mirrors(raw: str) -> tuple[str, ...]:
+    """Comma-separated http(s) base URLs, order kept, duplicates dropped."""
+    parse = _url("mirrors", allow_empty=False)
+    return tuple(dict.fromkeys(parse(u) for u in raw.split(",") if u.strip()))
+
+
 @dataclass(frozen=True)
 class Setting:
     """One row of the settings table: the flag is `--name`, the env var `PROVISIONER_<NAME>`."""
@@ -195,6 +201,14 @@ SETTINGS: tuple[Setting, ...] = (
             "sentence-transformers does not load; set it to empty to fetch everything."),
     Setting("endpoint", "endpoint", _url("endpoint", allow_empty=False), DEFAULT_ENDPOINT,
             "Hub or mirror URL.", extra_env=("HF_ENDPOINT",)),
+    Setting("mirrors", "mirrors", _mirrors, "",
+            "Comma-separated byte sources tried in order for each file before the endpoint, in the hub layout "
+            "`{mirror}/{repo}/resolve/{commit}/{path}` (another provisioner's `serve`, a node cache, any HF mirror). "
+            "The plan and every digest still come from `--endpoint`; a mirror that is down, stalls, lacks the file "
+            "or serves bytes failing the hash is skipped for that file. The token is never sent to a mirror."),
+    Setting("serve-listen", "serve_listen", _listen, "",
+            "sidecar mode: once ready, also serve the model read-only over the hub protocol on HOST:PORT (what "
+            "`model-provisioner serve` does), so other provisioners can use this one in `--mirrors`. Empty: off."),
     Setting("token-file", "token_file", lambda s: s.strip(), "",
             "File holding the HF token (e.g. a mounted Secret). Otherwise `HF_TOKEN` is used. "
             "There is deliberately no --token flag: process arguments are visible to every user on the node."),
@@ -276,6 +290,8 @@ class Config:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = tuple(DEFAULT_EXCLUDE.split(","))
     endpoint: str = DEFAULT_ENDPOINT
+    mirrors: tuple[str, ...] = ()
+    serve_listen: str = ""
     token_file: str = ""
     engine: str = "native"
     verify: str = "full"
