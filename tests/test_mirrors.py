@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -271,3 +272,30 @@ def test_mirrors_setting_parses_and_rejects_garbage() -> None:
     assert Config.from_sources(environ={"PROVISIONER_MIRRORS": "http://c"}).mirrors == ("http://c",)
     with pytest.raises(ConfigError):
         Config.from_sources(args={"mirrors": "ftp://x"}, environ={})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_sidecar_serves_what_it_provisioned(repo_hub: HubEmulator, small_repo: Path, tmp_path: Path) -> None:
+    """`--mode sidecar --serve-listen`: a node cache other pods use as their mirror (versioned layout)."""
+    port = _free_port()
+    cache_log = tmp_path / "cache.log"
+    cache = start_cli(run_args(endpoint=repo_hub.url, target=tmp_path / "cache", repo_id=REPO,
+                               extra=[*FAST, "--mode", "sidecar", "--layout", "versioned",
+                                      "--serve-listen", f"127.0.0.1:{port}"]), log=cache_log)
+    try:
+        wait_until(lambda: "serving the model over the hub protocol" in cache_log.read_text(), timeout=120,
+                   what="the cache to be ready and serving")
+        repo_hub.reset_stats()
+        log = tmp_path / "pod.log"
+        proc = _client(repo_hub, tmp_path / "pod", [f"http://127.0.0.1:{port}"], log=log)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        cache.terminate()
+        assert cache.wait(timeout=20) in (0, 143), cache_log.read_text()[-3000:]
+    _same_files(tmp_path / "pod", small_repo)
+    assert sum(repo_hub.stats.bytes_by_file.values()) == 0
