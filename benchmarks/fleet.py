@@ -1,6 +1,6 @@
 """A fleet of nodes pulling one model: hub egress and time to all ready, with and without mirrors.
 
-    python benchmarks/fleet.py [--nodes 3] [--pods 3] [--size 32MiB] [--hub-rate 32MiB] [--output table.md]
+    python benchmarks/fleet.py [--nodes 3] [--pods 3] [--size 32MiB] [--hub-rate 16MiB] [--output table.md]
 
 One in-process hub emulator serves a repo (config.json, tokenizer.json, a random model.safetensors of
 `--size`), its egress shared at `--hub-rate` per second (the uplink every pull competes for). Two setups,
@@ -110,6 +110,7 @@ def with_caches(hub: HubEmulator, work: Path, *, nodes: int, pods: int) -> tuple
             _wait_ready(link_path(work / f"cache-{n}", "main"), caches[n], deadline=deadline)
             pod_procs += [subprocess.Popen(_run_args(hub, work / f"pod-{n}-{p}", "--mirrors", urls[n]), env=_env())
                           for p in range(pods)]
+        print(f"fleet: all caches ready after {time.monotonic() - t0:.1f}s", file=sys.stderr)
         _wait(pod_procs, "pod")
         elapsed = time.monotonic() - t0
     finally:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--pods", type=int, default=3, help="pods per node")
     ap.add_argument("--size", default="32MiB", help="size of the model's weights file")
-    ap.add_argument("--hub-rate", default="32MiB", help="hub egress per second, shared by all pulls (0: unlimited)")
+    ap.add_argument("--hub-rate", default="16MiB", help="hub egress per second, shared by all pulls (0: unlimited)")
     ap.add_argument("--output", help="also write the table to this file")
     args = ap.parse_args(argv)
     size, rate = _size("size")(args.size), _size("hub-rate")(args.hub_rate)
