@@ -127,15 +127,15 @@ def _revision(raw: str) -> str:
     return value
 
 
-def _listen(raw: str) -> str:
+def _listen(raw: str, *, name: str = "listen") -> str:
     value = raw.strip()
     if value in ("", "off", "none"):
         return ""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen: expected HOST:PORT (or 'off'), got {raw!r}", setting="listen")
+        raise ConfigError(f"{name}: expected HOST:PORT (or 'off'), got {raw!r}", setting=name)
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ConfigError(f"listen: put an IPv6 address in brackets, e.g. [::]:9733; got {raw!r}", setting="listen")
+        raise ConfigError(f"{name}: put an IPv6 address in brackets, e.g. [::]:9733; got {raw!r}", setting=name)
     return value
 
 
@@ -206,7 +206,7 @@ SETTINGS: tuple[Setting, ...] = (
             "`{mirror}/{repo}/resolve/{commit}/{path}` (another provisioner's `serve`, a node cache, any HF mirror). "
             "The plan and every digest still come from `--endpoint`; a mirror that is down, stalls, lacks the file "
             "or serves bytes failing the hash is skipped for that file. The token is never sent to a mirror."),
-    Setting("serve-listen", "serve_listen", _listen, "",
+    Setting("serve-listen", "serve_listen", lambda s: _listen(s, name="serve-listen"), "",
             "sidecar mode: once ready, also serve the model read-only over the hub protocol on HOST:PORT (what "
             "`model-provisioner serve` does), so other provisioners can use this one in `--mirrors`. Empty: off."),
     Setting("token-file", "token_file", lambda s: s.strip(), "",

@@ -152,11 +152,6 @@ class HubServer:
         self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
-        assert self._httpd is not None  # start() first
-        if self._thread is not None:
-            self._thread.join()
-
     def stop(self) -> None:
         if self._httpd is not None:
             self._httpd.shutdown()
