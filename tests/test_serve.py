@@ -212,3 +212,32 @@ def test_serve_command_refuses_until_ready_then_serves_a_versioned_link(
         proc.terminate()
         assert proc.wait(timeout=10) == 0
     assert "Traceback" not in log.read_text()
+
+
+def test_threads_are_bounded_and_stop_still_returns(ready_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from provisioner.serve import hub_server
+
+    monkeypatch.setattr(hub_server, "MAX_THREADS", 2)
+    server = HubServer(ready_dir, listen="127.0.0.1:0").start()
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
+    try:
+        answered: list[int] = []
+        t = threading.Thread(target=lambda: answered.append(_get(server, f"/{REPO}/resolve/main/config.json")[0]),
+                             daemon=True)
+        t.start()
+        t.join(1.0)  # timeout: the request must wait while both threads hold idle clients
+        assert not answered
+        idle.pop(0).close()
+        idle.pop(0).close()  # frees the slots; the queued idle connection takes one, the request the other
+        t.join(10)
+        assert answered == [200]
+        idle += [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
+    finally:
+        stopper = threading.Thread(target=server.stop, daemon=True)  # every thread busy, one more queued
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive(), "stop() hung with every thread busy"
+        for s in idle:
+            s.close()

@@ -93,10 +93,15 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.hub = hub
         self.slots = threading.BoundedSemaphore(MAX_THREADS)
+        self.closing = threading.Event()
         super().__init__(addr, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        self.slots.acquire()  # bounded threads: the accept loop waits for a free one
+        # Bounded threads: the accept loop waits for a free one (timeout: notice a stop while all are busy).
+        while not self.slots.acquire(timeout=0.5):
+            if self.closing.is_set():
+                self.shutdown_request(request)
+                return
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -154,6 +159,7 @@ class HubServer:
 
     def stop(self) -> None:
         if self._httpd is not None:
+            self._httpd.closing.set()
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
