@@ -146,7 +146,7 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
         verification = _verification_json(checksums=checksums.to_json() if checksums.checked else None,
                                           embedding=embedding)
         marker.write_marker(target, plan=plan, verify_level=cfg.verify, verification=verification,
-                            engine=cfg.engine, started_at=clock.started)
+                            engine=cfg.engine, started_at=clock.started, sources=tracker.file_sources())
         if versioned:
             _switch(cfg, root=root, commit=plan.commit)
     log.info("model ready: %s@%s in %s", plan.repo_id, plan.commit[:12], readers_dir)

@@ -1,4 +1,4 @@
-"""Command line: `model-provisioner {run,check,verify,demo}`.
+"""Command line: `model-provisioner {run,check,verify,serve,demo}`.
 
 `main(argv) -> int` is the one place that turns errors into exit codes (see errors.ExitCode).
 `check` stays light: it imports only the stdlib and marker.py, so a probe answers in ~50 ms.
@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("dir", help="the target directory")
     add_arguments(verify, command="verify")
 
+    serve = sub.add_parser("serve", help="serve a ready directory read-only over the hub's download protocol "
+                                         "(a byte mirror for other provisioners' --mirrors)")
+    serve.add_argument("dir", help="the ready target directory (or a versioned layout's revisions/<name> link)")
+    serve.add_argument("--listen", default="0.0.0.0:9734", help="HOST:PORT to serve on (default 0.0.0.0:9734)")
+
     demo = sub.add_parser("demo", help="provision the bundled all-MiniLM-L6-v2 from the built-in hub emulator")
     add_arguments(demo, command="demo")
     demo.add_argument("--rate", default="40MiB",
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(ns)
         if ns.command == "verify":
             return _verify(ns)
+        if ns.command == "serve":
+            return _serve(ns)
         _skip_optional_async_backends()
         if ns.command == "demo":
             return _demo(ns)
@@ -111,6 +118,32 @@ def _run(ns: argparse.Namespace, *, config: Config | None = None,
     from .serve.modes import run_service
 
     return run_service(cfg, free_space=free_space)
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    """Serve DIR until SIGTERM/SIGINT. It answers 503 while DIR is not ready, so it may start first."""
+    import signal
+    import threading
+
+    from .config import _listen
+    from .serve.hub_server import HubServer
+    from .serve.server import bind_error_message
+
+    listen = _listen(ns.listen)
+    if not listen:
+        raise ConfigError("serve: --listen must be HOST:PORT", setting="listen")
+    server = HubServer(Path(ns.dir), listen=listen)
+    try:
+        server.start()
+    except OSError as exc:  # a busy or forbidden port: one line and exit 2, no traceback
+        raise ConfigError(bind_error_message(listen, exc), setting="listen") from None
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"model-provisioner: serving {ns.dir} on port {server.port}", file=sys.stderr, flush=True)
+    done.wait()
+    server.stop()
+    return int(ExitCode.OK)
 
 
 def _verify(ns: argparse.Namespace) -> int:

@@ -127,15 +127,15 @@ def _revision(raw: str) -> str:
     return value
 
 
-def _listen(raw: str) -> str:
+def _listen(raw: str, *, name: str = "listen") -> str:
     value = raw.strip()
     if value in ("", "off", "none"):
         return ""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen: expected HOST:PORT (or 'off'), got {raw!r}", setting="listen")
+        raise ConfigError(f"{name}: expected HOST:PORT (or 'off'), got {raw!r}", setting=name)
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ConfigError(f"listen: put an IPv6 address in brackets, e.g. [::]:9733; got {raw!r}", setting="listen")
+        raise ConfigError(f"{name}: put an IPv6 address in brackets, e.g. [::]:9733; got {raw!r}", setting=name)
     return value
 
 
@@ -149,6 +149,12 @@ def _url(name: str, *, allow_empty: bool) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _mirrors(raw: str) -> tuple[str, ...]:
+    """Comma-separated http(s) base URLs, order kept, duplicates dropped."""
+    parse = _url("mirrors", allow_empty=False)
+    return tuple(dict.fromkeys(parse(u) for u in raw.split(",") if u.strip()))
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Never open a connection to the hub: a volume whose verified copy matches the repo and revision "
             "is ready at once (a branch is not re-checked); anything else fails at once with exit code 11.",
             is_flag=True, extra_env=("HF_HUB_OFFLINE",)),
+    Setting("mirrors", "mirrors", _mirrors, "",
+            "Comma-separated byte sources tried in order for each file before the endpoint, in the hub layout "
+            "`{mirror}/{repo}/resolve/{commit}/{path}` (another provisioner's `serve`, a node cache, any HF mirror). "
+            "The plan and every digest still come from `--endpoint`; a mirror that is down, stalls, lacks the file "
+            "or serves bytes failing the hash is skipped for that file. The token is never sent to a mirror."),
+    Setting("serve-listen", "serve_listen", lambda s: _listen(s, name="serve-listen"), "",
+            "sidecar mode: once ready, also serve the model read-only over the hub protocol on HOST:PORT (what "
+            "`model-provisioner serve` does), so other provisioners can use this one in `--mirrors`. Empty: off."),
     Setting("token-file", "token_file", lambda s: s.strip(), "",
             "File holding the HF token (e.g. a mounted Secret). Otherwise `HF_TOKEN` is used. "
             "There is deliberately no --token flag: process arguments are visible to every user on the node. "
@@ -284,6 +298,8 @@ class Config:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = tuple(DEFAULT_EXCLUDE.split(","))
     endpoint: str = DEFAULT_ENDPOINT
+    mirrors: tuple[str, ...] = ()
+    serve_listen: str = ""
     token_file: str = ""
     engine: str = "native"
     verify: str = "full"

@@ -2,7 +2,7 @@
 
 Owns: `Stop` (a stop request that remembers its signal), `RunContext` (frozen; passed instead of four
 arguments) and `call_interruptible` (the one way to run a blocking library call that SIGTERM must be
-able to cut short). Imports only config, errors, progress and retry: every stage may import it.
+able to cut short). Imports only config, errors, progress, retry and sources: every stage may import it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .errors import Interrupted
 from .observe.progress import Tracker
 from .redact import Redactor
 from .retry import RetryBudget
+from .sources import SourceBook
 
 T = TypeVar("T")
 
@@ -89,6 +90,7 @@ class RunContext:
     budget: RetryBudget
     stop: threading.Event
     redactor: Redactor = field(default_factory=Redactor)  # the run's secrets (its token) for every message
+    sources: SourceBook = field(default_factory=SourceBook)  # --mirrors: which failed for which file, in this run
 
     def check_stop(self) -> None:
         check_stop(self.stop)

@@ -213,6 +213,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("split-threshold", "12XB"), ("split-threshold", "-1"), ("split-threshold", "1.5GiB"),
     ("disk-headroom", "lots"),
     ("listen", "nope"), ("listen", "127.0.0.1:99999"),
+    ("mirrors", "ftp://mirror"), ("mirrors", "http://ok,not a url"), ("serve-listen", "nope"),
     ("mode", "daemon"), ("linger", "-1"), ("linger", "inf"),
     ("pushgateway", "gopher://x"),
     ("log-format", "xml"), ("log-level", "loud"), ("progress-interval", "0"),

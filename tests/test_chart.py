@@ -215,6 +215,25 @@ def test_node_cache_daemonset_fills_the_hostpath_and_apps_wait(helm: str) -> Non
     assert app["automountServiceAccountToken"] is False
 
 
+def test_node_cache_serve_exposes_a_mirror_and_lists_ready_peers(helm: str) -> None:
+    objs = docs(helm, "nodeCache")
+    port = values("nodeCache")["nodeCache"]["serve"].get("port", 9734)
+    prov = container(one(objs, "DaemonSet")["spec"]["template"]["spec"], "model-provisioner")
+    env = env_of(prov)
+    peers = f"{RELEASE}-model-provisioner-node-cache-peers"
+    assert env["PROVISIONER_SERVE_LISTEN"] == f"0.0.0.0:{port}"
+    assert env["PROVISIONER_MIRRORS"] == f"http://{peers}.{NAMESPACE}.svc:{port}"
+    assert {"name": "mirror", "containerPort": port, "protocol": "TCP"} in prov["ports"]
+    local = one(objs, "Service", f"{RELEASE}-model-provisioner-node-cache")["spec"]
+    assert local["internalTrafficPolicy"] == "Local" and local["ports"][0]["targetPort"] == "mirror"
+    headless = one(objs, "Service", peers)["spec"]
+    assert headless["clusterIP"] == "None" and not headless.get("publishNotReadyAddresses")
+    assert headless["selector"]["app.kubernetes.io/component"] == "node-cache"
+    app_env = env_of(container(app_spec(helm, "allSettings"), "model-provisioner"))
+    assert app_env["PROVISIONER_MIRRORS"] == "http://model-cache.example.internal:9734,https://hf-mirror2.example.internal"
+    assert "PROVISIONER_MIRRORS" not in env_of(container(app_spec(helm, "sidecar"), "model-provisioner"))
+
+
 # --------------------------------------------------------------------------------------------- security
 
 HARDENED = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "provisioner"
 
 # Lowest first. A module belongs to the first entry that is a prefix of its dotted name (after "provisioner.").
 LAYERS: list[tuple[str, ...]] = [
-    ("__version__", "errors", "manifest", "redact", "config"),  # leaves: data, settings, redaction
+    ("__version__", "errors", "manifest", "redact", "config", "sources"),  # leaves: data, settings, byte sources
     ("observe",),  # the Tracker every stage writes into, and its readers (metrics, logs)
     ("retry", "context"),  # the run's budget, stop and shared parts (they name each other's types)
     ("state",),  # marker, lock, layout, fsutil: what the volume remembers

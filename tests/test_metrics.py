@@ -84,7 +84,8 @@ def test_exactly_the_design_metrics_when_everything_is_set() -> None:
 
 def test_metric_types() -> None:
     ty = types(finished_tracker())
-    counters = {"downloaded_bytes_total", "retries_total", "stalls_total"}
+    counters = {"downloaded_bytes_total", "retries_total", "stalls_total", "source_bytes_total",
+                "mirror_failures_total"}
     for name, kind in ty.items():
         short = name.removeprefix("model_provisioner_")
         assert kind == ("counter" if short in counters else "gauge"), name
@@ -94,6 +95,8 @@ def test_labels_are_repo_and_revision_plus_the_documented_extras() -> None:
     t = finished_tracker()
     t.retry(reason="timeout", path="a.bin", delay=1, message="x")
     extras = {"model_provisioner_retries_total": {"reason"}, "model_provisioner_phase": {"phase"},
+              "model_provisioner_source_bytes_total": {"source"},
+              "model_provisioner_mirror_failures_total": {"reason"},
               "model_provisioner_verification_duration_seconds": {"kind"},
               "model_provisioner_verification_ok": {"kind"},
               "model_provisioner_build_info": {"version", "python", "huggingface_hub"}}

@@ -18,6 +18,7 @@ hubapi and hubclient; never plan (a higher stage), api or cli.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -43,6 +44,9 @@ def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext,
     """`--engine hub` (see hub.py). Imported on first use: huggingface_hub's download stack is large."""
     from .hub import fetch_with_hub as run
 
+    if ctx.config.mirrors:
+        logging.getLogger("provisioner.fetch").warning("--mirrors is ignored by --engine hub: every byte comes "
+                                                       "from the endpoint")
     return run(plan, entries, ctx=ctx, state_dir=state_dir)
 
 

@@ -49,6 +49,7 @@ from ..errors import BadRemoteError, ProvisionerError, TransientError
 from ..manifest import FileEntry, Plan
 from ..redact import redact
 from ..retry import retry_step
+from ..sources import Source, SourceFailed
 from ..verify.checksums import Digests, wanted_digests
 from .frontier import HashFrontier
 from .http import Aborted, HubHttp, Job, Restart, Retry, classify, make_client
@@ -190,6 +191,17 @@ def _strong_etag(etag: str | None) -> bool:
     return bool(etag) and not str(etag).startswith("W/")
 
 
+def _request_headers(job: Job, *, start: int, last: int) -> dict[str, str]:
+    """Range (unless the server ignores ranges) + If-Range with the hub's ETag (never sent to a mirror)."""
+    journal = job.journal
+    headers = {"Accept-Encoding": "identity"}
+    if not journal.no_range:
+        headers["Range"] = f"bytes={start}-{last}"
+        if _strong_etag(journal.etag) and journal.bytes_done and not job.mirror:
+            headers["If-Range"] = str(journal.etag)
+    return headers
+
+
 class _Session:
     """State shared by all workers of one `fetch_files` call."""
 
@@ -235,14 +247,18 @@ class _Session:
                      len(journal.segments), resumed)
             restarts = 0
             while True:
-                job = Job(entry, journal, hub_url, aborted=self.aborted)
+                source = self._source(path, hub_url)
+                job = Job(entry, journal, source.url, aborted=self.aborted, mirror=source.mirror)
                 with self._jobs_lock:
                     self._jobs.add(job)
                 if self.aborted.is_set():
                     job.cancel.set()
                 try:
                     digests = self._download(job)
+                    self.tracker.file_source(path, source.label)
                     break
+                except SourceFailed as f:  # a mirror let us down: the next source resumes from the same offsets
+                    self._mirror_failed(job, f)
                 except Restart as r:  # changed on the hub or Range ignored: drop the partial, lay out again
                     restarts += 1
                     message = redact(f"{path}: {r.message}", self.secrets)
@@ -255,6 +271,7 @@ class _Session:
                                 layout_segments(entry.size, split_threshold=self.config.split_threshold,
                                                 connections=self.config.connections_per_file))
                     dropped = journal.reset(segments=segments, no_range=single)
+                    self.ctx.sources.forget_contributors(path)
                     self.tracker.discard_bytes(path, dropped)
                     self.tracker.retry(reason=r.reason, path=path, delay=0.0, message=message)
                     log.warning("fetch %s: restarting from byte 0 (%s): %s", path, r.reason, message)
@@ -272,6 +289,19 @@ class _Session:
         self.tracker.file_done(path)
         log.debug("fetch %s: complete", path)  # the tracker's file_done event already says it at info
         return FetchedFile(entry=entry, part_path=journal.part_path, digests=digests)
+
+    def _source(self, path: str, hub_url: str) -> Source:
+        """The next byte source for `path` (`--mirrors` in order, skipping failed ones, then the hub)."""
+        self.http.forget(path)  # a URL another source redirected us to must not outlive the switch
+        return self.ctx.sources.pick(path=path, mirrors=self.config.mirrors, hub_url=hub_url,
+                                     repo_id=self.plan.repo_id, commit=self.plan.commit)
+
+    def _mirror_failed(self, job: Job, failure: SourceFailed) -> None:
+        path = job.entry.path
+        self.ctx.sources.fail(path, job.mirror)
+        self.tracker.mirror_failed(reason=failure.reason, mirror=job.mirror)
+        log.warning("fetch %s: mirror %s failed (%s): %s; trying the next source from byte %d", path, job.mirror,
+                    failure.reason, redact(failure.message, self.secrets), job.journal.bytes_done)
 
     def _download(self, job: Job) -> Digests:
         journal = job.journal
@@ -341,11 +371,17 @@ class _Session:
             try:
                 self._stream_segment(job, seg, frontier)
                 continue  # the server may legally send less than asked: ask again for the rest
+            except Restart as r:
+                if job.mirror:  # a mirror with another size or no ranges: not worth dropping the partial for
+                    raise SourceFailed(r.reason, r.message) from None
+                raise
             except Retry as r:  # transient: classify, report, back off inside the budget, resume from disk
                 if job.journal.done[seg] > before:
                     attempt = 0  # bytes arrived in this attempt: back off from scratch
                 if job.cancel.is_set() or self.aborted.is_set():
                     raise Aborted() from None  # our own abort closed the socket: not a network failure
+                if job.mirror:  # no backoff on a mirror: the next source (finally the hub) is right there
+                    raise SourceFailed(r.reason, r.message) from None
                 if r.stall:
                     self.tracker.stall(path=path)
                 message = redact(f"{path}: {r.message}", self.secrets)
@@ -384,13 +420,9 @@ class _Session:
             seg_start, seg_end = journal.segments[seg]
         start = seg_start + journal.done[seg]
         last = seg_end - 1
-        headers = {"Accept-Encoding": "identity"}
-        if not journal.no_range:
-            headers["Range"] = f"bytes={start}-{last}"
-            if _strong_etag(journal.etag) and journal.bytes_done:
-                headers["If-Range"] = str(journal.etag)
-        with self.http.open(job, headers) as resp:
-            etag = resp.headers.get("etag")
+        with self.http.open(job, _request_headers(job, start=start, last=last)) as resp:
+            # A mirror's validator is not the hub's: sizes and the final hash judge its bytes.
+            etag = None if job.mirror else resp.headers.get("etag")
             length_header = resp.headers.get("content-length")
             length = int(length_header) if length_header and length_header.isdigit() else None
             if journal.etag and etag and etag != journal.etag:
@@ -441,7 +473,8 @@ class _Session:
         def flush() -> None:
             nonlocal pos, received, last_flush
             if received:
-                self.tracker.add_bytes(path, received)
+                self.tracker.add_bytes(path, received, source="mirror" if job.mirror else "hub")
+                self.ctx.sources.contributed(path, job.mirror)
                 self.budget.progress()
                 received = 0
             if buf:

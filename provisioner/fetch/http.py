@@ -26,6 +26,7 @@ from ..hubapi import origin
 from ..manifest import FileEntry, Plan
 from ..redact import redact, strip_query
 from ..retry import parse_retry_after
+from ..sources import SourceFailed
 from .journal import Journal
 from .small import small_in_flight
 
@@ -97,10 +98,12 @@ def classify(exc: httpx2.HTTPError, *, what: str, stall_timeout: float) -> Retry
 class Job:
     """One file being fetched in this call: its journal, cancel flag and open sockets."""
 
-    def __init__(self, entry: FileEntry, journal: Journal, hub_url: str, *, aborted: threading.Event) -> None:
+    def __init__(self, entry: FileEntry, journal: Journal, hub_url: str, *, aborted: threading.Event,
+                 mirror: str = "") -> None:
         self.entry = entry
         self.journal = journal
-        self.hub_url = hub_url
+        self.hub_url = hub_url  # where resolution starts: the hub's resolve URL, or a mirror's
+        self.mirror = mirror  # the mirror's base URL when `hub_url` is one (untrusted, never sent the token)
         self.cancel = threading.Event()
         self.resolve_lock = threading.Lock()  # one segment resolves the CDN URL, the others reuse it
         self._aborted = aborted  # the whole call's abort
@@ -198,6 +201,10 @@ class HubHttp:
                 self._sockets = {s for s in self._sockets if s.fileno() != -1}  # forget closed ones
                 self._sockets.add(sock)
 
+    def forget(self, path: str) -> None:
+        """The file switches byte source: a URL resolved through the previous one must not be reused."""
+        self._cache_url(path, None)
+
     def _cached_url(self, path: str) -> str | None:
         with self._urls_lock:
             return self._urls.get(path)
@@ -258,8 +265,8 @@ class HubHttp:
 
     def _request(self, job: Job, url: str, headers: dict[str, str]) -> httpx2.Response:
         job.check()
-        same_origin = origin(url) == self.hub_origin
-        # The token goes to the hub only; a cross-origin redirect target (the CDN) never sees it.
+        same_origin = origin(url) == self.hub_origin and not job.mirror
+        # The token goes to the hub only; a cross-origin redirect target (the CDN) or a mirror never sees it.
         all_headers = {**(self.hub_headers if same_origin else self.cdn_headers), **headers}
         try:
             request = self.client.build_request("GET", url, headers=all_headers, timeout=self.timeout,
@@ -273,6 +280,10 @@ class HubHttp:
         if 200 <= status < 300:
             return
         path = job.entry.path
+        if job.mirror:  # an untrusted byte source: any refusal means "next source", never a verdict on the file
+            resp.close()
+            reason = "not_found" if status in (404, 410) else "http_5xx" if status >= 500 else f"http_{status}"
+            raise SourceFailed(reason, f"HTTP {status} from mirror {strip_query(url)}")
         from_hub = origin(url) == self.hub_origin
         retry_after = parse_retry_after(resp.headers.get("retry-after"))
         error_code = resp.headers.get("x-error-code", "")

@@ -46,7 +46,7 @@ VERIFICATION_KINDS: tuple[str, ...] = ("checksums", "embedding")
 METRIC_NAMES: tuple[str, ...] = (
     "build_info", "phase", "downloaded_bytes_total", "expected_bytes", "on_disk_bytes", "files",
     "files_done", "progress_ratio", "download_speed_bytes_per_second", "eta_seconds", "retries_total",
-    "stalls_total", "verification_duration_seconds", "verification_ok", "embedding_test_ok", "ready",
+    "stalls_total", "source_bytes_total", "mirror_failures_total", "verification_duration_seconds", "verification_ok", "embedding_test_ok", "ready",
     "last_success_timestamp_seconds", "seconds_since_progress",
 )
 
@@ -142,6 +142,20 @@ def families(snap: Mapping[str, Any], *, build: Mapping[str, str]) -> list[Metri
     for reason, n in counts.items():
         retries.add_metric([*lv, reason], float(n))
     out.append(retries)
+
+    by_source = CounterMetricFamily(PREFIX + "source_bytes", "Bytes received, by byte source (hub or mirror).",
+                                    labels=[*_LABELS, "source"])
+    source_counts = {"hub": 0, "mirror": 0, **dict(snap.get("source_bytes") or {})}
+    for source, n in source_counts.items():
+        by_source.add_metric([*lv, str(source)], float(n))
+    out.append(by_source)
+
+    mirror_failures = CounterMetricFamily(PREFIX + "mirror_failures",
+                                          "Times a mirror was given up for a file, by reason.",
+                                          labels=[*_LABELS, "reason"])
+    for reason, n in dict(snap.get("mirror_failures") or {}).items():
+        mirror_failures.add_metric([*lv, str(reason)], float(n))
+    out.append(mirror_failures)
 
     stalls = CounterMetricFamily(PREFIX + "stalls", "Transfers that stalled (no bytes for stall-timeout).",
                                  labels=_LABELS)

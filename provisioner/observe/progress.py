@@ -62,6 +62,7 @@ class FileProgress:
     size: int
     done: int = 0  # bytes of this file on disk (resumed + received)
     state: str = "pending"  # pending, downloading, done, skipped
+    source: str | None = None  # where the bytes came from: "hub" or a mirror URL (None: already on disk)
 
 
 SPEED_WINDOW_SECONDS = 10.0
@@ -83,6 +84,9 @@ class Tracker:
         self.bytes_on_disk = 0  # resumed partials + completed files + received bytes
         self.bytes_received = 0  # from the network in this process (the counter)
         self.retries: dict[str, int] = {}
+        self.source_bytes: dict[str, int] = {}  # "hub" / "mirror" -> bytes received from it
+        self.mirror_failures: dict[str, int] = {}  # reason -> a mirror was given up for a file
+        self.last_mirror_failure: str | None = None
         self.stalls = 0
         self.verify_seconds: dict[str, float] = {}
         self.verify_ok: dict[str, bool] = {}
@@ -141,11 +145,12 @@ class Tracker:
                 fp.state = "downloading"
         self._emit(EventKind.FILE_STARTED, path=path, offset=offset)
 
-    def add_bytes(self, path: str, n: int) -> None:
-        """`n` bytes of `path` arrived from the network and were written."""
+    def add_bytes(self, path: str, n: int, *, source: str = "hub") -> None:
+        """`n` bytes of `path` arrived from the network (`source`: hub or mirror) and were written."""
         now = self._clock()
         with self._lock:
             self.bytes_received += n
+            self.source_bytes[source] = self.source_bytes.get(source, 0) + n
             self.bytes_on_disk += n
             fp = self.files.get(path)
             if fp is not None:
@@ -182,6 +187,23 @@ class Tracker:
             self.retries[reason] = self.retries.get(reason, 0) + 1
             self.last_error = message
         self._emit(EventKind.RETRY, reason=reason, path=path, delay=round(delay, 3), message=message)
+
+    def file_source(self, path: str, source: str) -> None:
+        """`path` was completed from `source` ("hub" or a mirror's URL)."""
+        with self._lock:
+            fp = self.files.get(path)
+            if fp is not None:
+                fp.source = source
+
+    def file_sources(self) -> dict[str, str]:
+        with self._lock:
+            return {f.path: f.source for f in self.files.values() if f.source is not None}
+
+    def mirror_failed(self, *, reason: str, mirror: str) -> None:
+        """A mirror was given up for one file (`reason` is low-cardinality; the next source takes over)."""
+        with self._lock:
+            self.mirror_failures[reason] = self.mirror_failures.get(reason, 0) + 1
+            self.last_mirror_failure = f"{mirror}: {reason}"
 
     def stall(self, *, path: str | None) -> None:
         with self._lock:
@@ -252,11 +274,15 @@ class Tracker:
                 "files_total": len(self.files),
                 "files_done": sum(1 for f in self.files.values() if f.state in ("done", "skipped")),
                 "files": [
-                    {"path": f.path, "size": f.size, "done": f.done, "state": f.state}
+                    {"path": f.path, "size": f.size, "done": f.done, "state": f.state,
+                     **({"source": f.source} if f.source else {})}
                     for f in self.files.values()
                 ],
                 "retries": dict(self.retries),
                 "stalls": self.stalls,
+                "source_bytes": dict(self.source_bytes),
+                "mirror_failures": dict(self.mirror_failures),
+                "last_mirror_failure": self.last_mirror_failure,
                 "verification": {k: {"ok": self.verify_ok.get(k), "seconds": round(v, 3)}
                                  for k, v in self.verify_seconds.items()},
                 "smoke_test": self.smoke,

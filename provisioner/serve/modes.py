@@ -4,8 +4,10 @@ Owns what happens around `api.provision` in a real process: logging setup, SIGTE
 handlers, the progress reporter, the health server, running `provision` in a worker thread so the
 main thread stays free for signals (with a grace period after a stop request), the sidecar's fresh
 attempt after a spent retry budget, the final Pushgateway push, and serving on after the outcome
-(sidecar until SIGTERM, init for `--linger`). Imports api, config, context, errors, logs, marker,
-metrics, progress, redact and serve.server; only cli.py imports it.
+(sidecar until SIGTERM, init for `--linger`), and in a sidecar with `--serve-listen` the hub-protocol
+server over the ready model (serve.hub_server), so other provisioners can use it as a mirror. Imports api,
+config, context, errors, logs, marker, metrics, progress, redact, serve.server and serve.hub_server; only
+cli.py imports it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..observe.progress import Tracker
 from ..redact import Redactor, redact
 from ..state.layout import model_dir as model_dir_for
 from ..state.marker import check_ready
+from .hub_server import HubServer, ServeMetrics
 from .server import HealthServer, bind_error_message
 
 # After SIGTERM, how long the worker may take to flush and stop before the process exits anyway
@@ -65,6 +68,7 @@ def run_service(cfg: Config, *, free_space: FreeSpace = None) -> int:
     reporter = logs.ProgressReporter(tracker, interval=cfg.progress_interval, logger=log, output=log_handle)
     reporter.start()
     server: HealthServer | None = None
+    mirror: HubServer | None = None
     try:
         server = _start_server(cfg, tracker=tracker, registry=registry, redactor=redactor)
         log.info("starting", extra={"settings": cfg.redacted()})
@@ -72,6 +76,7 @@ def run_service(cfg: Config, *, free_space: FreeSpace = None) -> int:
         if cfg.pushgateway:
             _push_final(cfg, registry=registry)
         if cfg.mode == "sidecar" and code == 0:
+            mirror = _start_mirror(cfg, registry=registry)
             log.info("sidecar: serving until SIGTERM")
             stop.wait()
         elif cfg.linger > 0 and server is not None:
@@ -79,6 +84,8 @@ def run_service(cfg: Config, *, free_space: FreeSpace = None) -> int:
         return code
     finally:
         reporter.stop()
+        if mirror is not None:
+            mirror.stop()
         if server is not None:
             server.stop()
 
@@ -98,6 +105,23 @@ def _start_server(cfg: Config, *, tracker: Tracker, registry: CollectorRegistry,
         raise ConfigError(bind_error_message(server.address, exc), setting="listen") from None
     log.info("serving /metrics /healthz /readyz /status", extra={"listen": f"{cfg.listen}", "port": server.port})
     return server
+
+
+def _start_mirror(cfg: Config, *, registry: CollectorRegistry) -> HubServer | None:
+    """`--serve-listen`: the ready model, read-only over the hub protocol (the served-bytes counters join
+    this process's /metrics). It re-checks the marker on every request, so a later repair is safe."""
+    if not cfg.serve_listen:
+        return None
+    model_dir = model_dir_for(target=Path(cfg.target), revision=cfg.revision, layout=cfg.layout)
+    mirror = HubServer(model_dir, listen=cfg.serve_listen, metrics=ServeMetrics(registry))
+    try:
+        mirror.start()
+    except OSError as exc:  # the model is ready; a busy mirror port must not take the sidecar down
+        log.error("%s", bind_error_message(cfg.serve_listen, exc))
+        return None
+    log.info("serving the model over the hub protocol", extra={"serve_listen": cfg.serve_listen,
+                                                                 "port": mirror.port})
+    return mirror
 
 
 def _provision_until_settled(cfg: Config, *, tracker: Tracker, stop: Stop, free_space: FreeSpace) -> int:

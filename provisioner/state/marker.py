@@ -78,11 +78,13 @@ def check_ready(target: Path, *, repo_id: str | None = None, revision: str | Non
 
 
 def write_marker(target: Path, *, plan: Plan, verify_level: str, verification: dict[str, Any],
-                 engine: str, started_at: float) -> dict[str, Any]:
+                 engine: str, started_at: float, sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """`sources`: where each file fetched in this run came from ("hub" or a mirror URL), recorded per file."""
     files = []
     for entry in plan.files:
         st = os.lstat(target / entry.path)
-        files.append({**entry.to_json(), "mtime_ns": st.st_mtime_ns})
+        source = (sources or {}).get(entry.path)
+        files.append({**entry.to_json(), "mtime_ns": st.st_mtime_ns, **({"source": source} if source else {})})
     marker = {
         "version": MARKER_VERSION,
         "repo_id": plan.repo_id,

@@ -75,7 +75,11 @@ def fetch_and_verify(ctx: RunContext, plan: Plan, *, target: Path,
         checksum_seconds += seconds
         if not bad:
             break
-        refetches += 1
+        # A mismatch pinned on a mirror (now skipped for that file) is not the file's fault: it does not
+        # count against the refetch limit. Mirrors are finite, so this still ends.
+        blamed = {e.path: ctx.sources.blame(e.path) for e, _, _ in bad}
+        if not all(blamed.values()):
+            refetches += 1
         if refetches > MAX_CHECKSUM_REFETCHES:
             entry, expected, actual = bad[0]
             tracker.verification(kind="checksums", seconds=checksum_seconds, ok=False,
@@ -86,7 +90,10 @@ def fetch_and_verify(ctx: RunContext, plan: Plan, *, target: Path,
         for entry, expected, actual in bad:
             tracker.retry(reason="checksum", path=entry.path, delay=0.0,
                           message=f"{entry.path}: expected {expected}, got {actual}; fetching again")
-            log.warning("checksum mismatch for %s (expected %s, got %s): fetching again", entry.path, expected, actual)
+            for mirror in blamed[entry.path]:
+                tracker.mirror_failed(reason="checksum", mirror=mirror)
+            log.warning("checksum mismatch for %s (expected %s, got %s): fetching again%s", entry.path, expected,
+                        actual, f" without mirror(s) {', '.join(blamed[entry.path])}" if blamed[entry.path] else "")
         todo = [b[0] for b in bad]
     outcome = ChecksumOutcome(checked=cfg.verify != "none", files=len(plan.files), seconds=checksum_seconds)
     if outcome.checked:

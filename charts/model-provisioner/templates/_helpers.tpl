@@ -324,6 +324,7 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
       (list "PROVISIONER_KEEP_REVISIONS" $m.keepRevisions)
       (list "PROVISIONER_INCLUDE" $m.include)
       (list "PROVISIONER_ENDPOINT" $m.endpoint)
+      (list "PROVISIONER_MIRRORS" (include "model-provisioner.mirrors" .))
       (list "PROVISIONER_ENGINE" $m.engine)
       (list "PROVISIONER_VERIFY" $m.verify)
       (list "PROVISIONER_REFERENCE_EMBEDDINGS" $m.referenceEmbeddings)
@@ -337,6 +338,7 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
       (list "PROVISIONER_SPLIT_THRESHOLD" $m.splitThreshold)
       (list "PROVISIONER_DISK_HEADROOM" $m.diskHeadroom)
       (list "PROVISIONER_LISTEN" $s.listen)
+      (list "PROVISIONER_SERVE_LISTEN" (include "model-provisioner.serveListen" .))
       (list "PROVISIONER_MODE" (default $mode (get . "provisionerMode")))
       (list "PROVISIONER_LINGER" (include "model-provisioner.linger" (dict "root" . "mode" (default $mode (get . "provisionerMode")))))
       (list "PROVISIONER_PUSHGATEWAY" $v.provisioner.pushgateway)
@@ -529,6 +531,36 @@ the API server treats this lifetime like the default automounted one.
   containerPort: {{ . }}
   protocol: TCP
 {{- end }}
+{{- with include "model-provisioner.serveListen" . | regexFind ":[0-9]+$" | trimPrefix ":" }}
+- name: mirror
+  containerPort: {{ . }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+
+{{/* True in the nodeCache DaemonSet's context (see daemonset-node-cache.yaml). */}}
+{{- define "model-provisioner.isNodeCache" -}}
+{{- if get . "nodeCache" }}true{{ end }}
+{{- end }}
+
+{{/* --serve-listen: nodeCache.serve in the DaemonSet, else provisioner.serveListen in sidecar modes; "" = off. */}}
+{{- define "model-provisioner.serveListen" -}}
+{{- $v := .Values }}
+{{- if include "model-provisioner.isNodeCache" . }}
+{{- if $v.nodeCache.serve.enabled }}{{ printf "0.0.0.0:%d" (int $v.nodeCache.serve.port) }}{{ end }}
+{{- else if ne $v.mode "init" }}
+{{- $v.provisioner.serveListen }}
+{{- end }}
+{{- end }}
+
+{{/* --mirrors, comma-joined: a cache pod's ready peers first (nodeCache.serve.peers), then model.mirrors. */}}
+{{- define "model-provisioner.mirrors" -}}
+{{- $v := .Values }}
+{{- $list := list }}
+{{- if and (include "model-provisioner.isNodeCache" .) $v.nodeCache.serve.enabled $v.nodeCache.serve.peers }}
+{{- $list = append $list (printf "http://%s-node-cache-peers.%s.svc:%d" (include "model-provisioner.fullname" .) .Release.Namespace (int $v.nodeCache.serve.port)) }}
+{{- end }}
+{{- join "," (concat $list ($v.model.mirrors | default list)) }}
 {{- end }}
 
 {{/* An httpGet probe on the provisioner port: context is (dict "root" $ "path" "/readyz" "probe" <settings>). */}}
@@ -597,7 +629,7 @@ PUBLIC: the provisioner as an init container (list item) for mode `init` or `nat
 {{- $ctx := . }}
 {{- if eq .Values.mode "init" }}
 {{- /* A regular container must keep serving: force sidecar mode whatever .Values.mode says. */}}
-{{- $ctx = dict "Values" .Values "Release" .Release "Chart" .Chart "Capabilities" .Capabilities "provisionerMode" "sidecar" }}
+{{- $ctx = dict "Values" .Values "Release" .Release "Chart" .Chart "Capabilities" .Capabilities "provisionerMode" "sidecar" "nodeCache" (get . "nodeCache") }}
 {{- end }}
 - {{ include "model-provisioner.containerBody" $ctx | trim | nindent 2 | trim }}
   readinessProbe:
