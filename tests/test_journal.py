@@ -297,3 +297,167 @@ def test_part_key_is_the_documented_digest() -> None:
     digest = hashlib.sha256(f"{ENTRY.path}\0{ENTRY.expected}".encode()).hexdigest()[:32]
     assert fj.part_key(ENTRY) == digest
     assert fj.part_path(tmp := Path("/s"), ENTRY) == tmp / "partial" / f"{digest}.part"
+
+
+# ---- the open journal: data, offsets and metadata on disk ----------------------------------------------------
+def fresh(state: Path, entry: FileEntry = ENTRY, *, threshold: int = 1 << 20, connections: int = 1) -> fj.Journal:
+    return fj.Journal.open(state, entry, split_threshold=threshold, connections=connections)
+
+
+def test_fresh_journal_files_on_disk(tmp_path: Path) -> None:
+    j = fresh(tmp_path, threshold=100, connections=2)
+    try:
+        part, meta_path, offsets = fj._paths(tmp_path, ENTRY)
+        assert j.part_path == part and j.meta_path == meta_path and j.offsets_path == offsets
+        assert part.stat().st_size == SIZE and part.stat().st_blocks == 0, "sparse, nothing written"
+        assert offsets.read_bytes() == u64s(0, 0)
+        meta = json.loads(meta_path.read_text())
+        assert meta == {"version": 1, "path": ENTRY.path, "expected": ENTRY.expected, "size": SIZE, "etag": None,
+                        "no_range": False, "segments": [[0, 500], [500, 1000]]}
+        assert not meta_path.with_suffix(".json.tmp").exists()
+        assert j.bytes_done == 0 and j.remaining(0) == 500 and j.remaining(1) == 500
+    finally:
+        j.close()
+
+
+def test_write_then_advance_is_what_a_resume_trusts(tmp_path: Path) -> None:
+    j = fresh(tmp_path, threshold=100, connections=2)
+    j.write(500, b"x" * 30)
+    j.advance(1, 30)
+    j.write(0, bytearray(b"y" * 10))
+    j.advance(0, 10)
+    j.advance(0, 5)
+    assert j.done == [15, 30] and j.bytes_done == 45 and j.remaining(0) == 485 and j.remaining(1) == 470
+    j.close()
+    assert j.part_fd == -1
+    assert fj.partial_bytes_on_disk(tmp_path, ENTRY) == 45
+    data = fj.part_path(tmp_path, ENTRY).read_bytes()
+    assert data[:10] == b"y" * 10 and data[500:530] == b"x" * 30 and data[530:] == b"\0" * 470
+    again = fresh(tmp_path, threshold=100, connections=2)
+    try:
+        assert again.done == [15, 30] and again.segments == [(0, 500), (500, 1000)]
+    finally:
+        again.close(sync=False)
+
+
+def test_write_writes_all_of_a_short_pwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = fresh(tmp_path)
+    real = os.pwrite
+    monkeypatch.setattr(fj.os, "pwrite", lambda fd, data, pos: real(fd, bytes(data[:3]), pos))
+    j.write(10, b"abcdefgh")
+    j.close()
+    assert fj.part_path(tmp_path, ENTRY).read_bytes()[10:18] == b"abcdefgh"
+
+
+def test_writeback_starts_every_writeback_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[int] = []
+    monkeypatch.setattr(fj, "WRITEBACK_BYTES", 100)
+    monkeypatch.setattr(fj, "start_writeback", started.append)
+    j = fresh(tmp_path)
+    try:
+        j.write(0, b"a" * 99)
+        assert started == []
+        j.write(99, b"a")
+        assert started == [j.part_fd]
+        j.write(100, b"a" * 99)
+        assert started == [j.part_fd]
+        j.write(199, b"a" * 150)
+        assert len(started) == 2
+    finally:
+        j.close()
+
+
+def test_record_etag_keeps_the_first_and_persists_it(tmp_path: Path) -> None:
+    j = fresh(tmp_path)
+    j.record_etag('"one"')
+    j.record_etag('"two"')
+    assert j.etag == '"one"'
+    j.mark_no_range()
+    j.close()
+    meta = json.loads(fj._paths(tmp_path, ENTRY)[1].read_text())
+    assert meta["etag"] == '"one"' and meta["no_range"] is True
+    again = fresh(tmp_path)
+    try:
+        assert again.etag == '"one"' and again.no_range is True
+    finally:
+        again.close()
+
+
+def test_reset_drops_progress_and_lays_out_again(tmp_path: Path) -> None:
+    j = fresh(tmp_path, threshold=100, connections=2)
+    j.record_etag('"e"')
+    j.write(0, b"z" * 20)
+    j.advance(0, 20)
+    assert j.reset(segments=[(0, SIZE)], no_range=True) == 20
+    assert j.done == [0] and j.etag is None and j.no_range
+    j.close()
+    loaded = fj._load(tmp_path, ENTRY)
+    assert not isinstance(loaded, str)
+    assert loaded.segments == [(0, SIZE)] and loaded.done == [0]
+    assert loaded.meta["no_range"] is True and loaded.meta["etag"] is None
+
+
+def test_discard_partial_deletes_everything_and_counts_the_bytes(tmp_path: Path) -> None:
+    part, meta_path, offsets = write_journal(tmp_path)
+    meta_path.with_suffix(".json.tmp").write_text("{}")
+    assert fj.discard_partial(tmp_path, ENTRY) == 150
+    assert not any(p.exists() for p in (part, meta_path, offsets, meta_path.with_suffix(".json.tmp")))
+    assert fj.discard_partial(tmp_path, ENTRY) == 0, "twice is fine"
+
+
+def test_clear_journal_keeps_the_part_file(tmp_path: Path) -> None:
+    part, meta_path, offsets = write_journal(tmp_path)
+    fj.clear_journal(tmp_path, ENTRY)
+    assert part.exists() and not meta_path.exists() and not offsets.exists()
+
+
+def test_unlink_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_journal(tmp_path)
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(LocalIOError, match="Permission denied"):
+        fj.discard_partial(tmp_path, ENTRY)
+
+
+def test_prune_partials_keeps_only_the_planned_files(tmp_path: Path) -> None:
+    other = FileEntry("old.bin", 8192, sha256="cd" * 32)
+    write_journal(tmp_path)
+    o_part, _, _ = write_journal(tmp_path, entry=other, done=(0, 0), size=other.size, path=other.path,
+                                 expected=other.expected)
+    o_part.write_bytes(b"q" * 8192)
+    blocks = o_part.stat().st_blocks * 512  # only the part file's allocated bytes count as freed
+    assert blocks >= 8192
+    assert fj.prune_partials(tmp_path, [ENTRY]) == blocks
+    names = sorted(p.name for p in fj.partial_dir(tmp_path).iterdir())
+    key = fj.part_key(ENTRY)
+    assert names == [f"{key}.json", f"{key}.offsets", f"{key}.part"]
+    assert fj.prune_partials(tmp_path, [ENTRY]) == 0
+    assert fj.prune_partials(tmp_path / "nowhere", [ENTRY]) == 0
+
+
+def test_local_error_maps_no_space_and_other_errors(tmp_path: Path) -> None:
+    from provisioner.errors import NoSpaceError
+
+    path = tmp_path / "f.part"
+    err = fj.local_error(OSError(28, "No space left on device"), path=path, needed=123)
+    assert isinstance(err, NoSpaceError) and err.needed_bytes == 123 and err.free_bytes > 0
+    assert "partial data kept" in str(err) and "f.part" in str(err)
+    quota = fj.local_error(OSError(122, "Disk quota exceeded"), path=path, needed=1)
+    assert isinstance(quota, NoSpaceError)
+    other = fj.local_error(OSError(30, "Read-only file system"), path=path, needed=1)
+    assert type(other) is LocalIOError and str(other) == f"cannot write {path}: Read-only file system"
+
+
+def test_layout_equal_shares_and_capped_pieces() -> None:
+    assert fj.layout_segments(0, split_threshold=1, connections=4) == []
+    assert fj.layout_segments(99, split_threshold=100, connections=4) == [(0, 99)]
+    assert fj.layout_segments(100, split_threshold=100, connections=1) == [(0, 100)]
+    assert fj.layout_segments(100, split_threshold=100, connections=4) == [(0, 25), (25, 50), (50, 75), (75, 100)]
+    assert fj.layout_segments(10, split_threshold=1, connections=3) == [(0, 3), (3, 6), (6, 10)]
+    big = 3 * fj.MAX_PIECE + 5
+    segs = fj.layout_segments(big, split_threshold=1, connections=2)
+    assert segs == [(0, fj.MAX_PIECE), (fj.MAX_PIECE, 2 * fj.MAX_PIECE), (2 * fj.MAX_PIECE, 3 * fj.MAX_PIECE),
+                    (3 * fj.MAX_PIECE, big)]
