@@ -58,10 +58,12 @@ def test_hash_file_limit_and_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(checksums, "READ_CHUNK", chunk)
     path = tmp_path / "f"
     path.write_bytes(DATA)
-    d = hash_file(path, limit=100, size=len(DATA))
+    d = hash_file(path, limit=100, size=len(DATA) + 5)  # the git header says the declared size
     assert d.size == 100
     assert d.sha256 == hashlib.sha256(DATA[:100]).hexdigest()
-    assert d.blob_sha1 == hashlib.sha1(b"blob %d\0" % len(DATA) + DATA[:100]).hexdigest()
+    assert d.blob_sha1 == hashlib.sha1(b"blob %d\0" % (len(DATA) + 5) + DATA[:100]).hexdigest()
+    for limit in (1, 8, 15):  # 1 byte left after whole chunks: still read
+        assert hash_file(path, limit=limit).sha256 == hashlib.sha256(DATA[:limit]).hexdigest()
     assert hash_file(path, limit=0).size == 0
     assert hash_file(path, sha256=False).sha256 == ""
     assert hash_file(path, blob_sha1=False).blob_sha1 == ""

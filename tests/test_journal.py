@@ -9,9 +9,11 @@ tests/test_faults_local.py::test_damaged_journal_is_discarded_not_trusted.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from provisioner.errors import LocalIOError
+from provisioner.errors import LocalIOError, NoSpaceError
 from provisioner.fetch import journal as fj
 from provisioner.manifest import FileEntry
 
@@ -461,3 +463,165 @@ def test_layout_equal_shares_and_capped_pieces() -> None:
     segs = fj.layout_segments(big, split_threshold=1, connections=2)
     assert segs == [(0, fj.MAX_PIECE), (fj.MAX_PIECE, 2 * fj.MAX_PIECE), (2 * fj.MAX_PIECE, 3 * fj.MAX_PIECE),
                     (3 * fj.MAX_PIECE, big)]
+
+
+# ---- I/O errors: every failing call maps to the product's error with the right path -------------------------
+def nospace(*args: Any, **kwargs: Any) -> Any:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_open_on_a_new_state_dir_creates_the_folders(tmp_path: Path) -> None:
+    j = fresh(tmp_path / "new" / "state")
+    j.close()
+    assert fj.partial_dir(tmp_path / "new" / "state").is_dir()
+
+
+def test_open_cannot_create_the_partial_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Path, "mkdir", nospace)
+    with pytest.raises(NoSpaceError) as caught:
+        fresh(tmp_path)
+    assert caught.value.path == str(fj.partial_dir(tmp_path) / "x") and caught.value.needed_bytes == SIZE
+
+
+def test_open_cannot_open_the_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fj.os, "open", nospace)
+    with pytest.raises(NoSpaceError) as caught:
+        fresh(tmp_path)
+    assert caught.value.path == str(fj.part_path(tmp_path, ENTRY)) and caught.value.needed_bytes == SIZE
+
+
+def test_open_cannot_lay_out_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fj.os, "ftruncate", nospace)
+    with pytest.raises(NoSpaceError) as caught:
+        fresh(tmp_path)
+    assert caught.value.path == str(fj.part_path(tmp_path, ENTRY))  # the sparse part file comes first
+    monkeypatch.undo()
+    j = fresh(tmp_path)
+    monkeypatch.setattr(fj.os, "ftruncate", nospace)
+    with pytest.raises(NoSpaceError) as caught:
+        j.reset(segments=[(0, SIZE)], no_range=False)
+    assert caught.value.path == str(j.meta_path) and caught.value.needed_bytes == 0
+    j.close(sync=False)
+
+
+def test_write_advance_and_meta_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = fresh(tmp_path)
+    j.write(0, b"a" * 100)
+    j.advance(0, 100)
+    monkeypatch.setattr(fj.os, "pwrite", nospace)
+    with pytest.raises(NoSpaceError) as caught:
+        j.write(100, b"b")
+    assert caught.value.path == str(j.part_path) and caught.value.needed_bytes == SIZE - 100
+    with pytest.raises(NoSpaceError) as caught:
+        j.advance(0, 1)
+    assert caught.value.path == str(j.offsets_path) and caught.value.needed_bytes == 0
+    assert j.done == [100], "the offset did not move"
+    monkeypatch.undo()
+    monkeypatch.setattr(fj.os, "open", nospace)
+    for call in (lambda: j.record_etag('"e"'), j.mark_no_range):
+        with pytest.raises(NoSpaceError) as caught:
+            call()
+        assert caught.value.path == str(j.meta_path) and caught.value.needed_bytes == 0
+    monkeypatch.setattr(fj.os, "fsync", nospace)
+    with pytest.raises(NoSpaceError) as caught:
+        j.flush()
+    assert caught.value.path == str(j.part_path) and caught.value.needed_bytes == 0
+    j.close(sync=False)
+    assert j.part_fd == -1
+
+
+def test_close_syncs_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    j = fresh(tmp_path)
+    fds = [j.part_fd, j._offsets_fd]
+    monkeypatch.setattr(fj.os, "fsync", synced.append)
+    j.close()
+    assert synced == fds
+    j.close()  # twice is harmless, nothing synced or closed again
+    assert synced == fds
+
+
+def test_prune_failures_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_journal(tmp_path)
+    monkeypatch.setattr(Path, "iterdir", nospace)
+    with pytest.raises(NoSpaceError) as caught:
+        fj.prune_partials(tmp_path, [])
+    assert caught.value.path == str(fj.partial_dir(tmp_path) / "x")
+    monkeypatch.undo()
+    monkeypatch.setattr(Path, "unlink", nospace)
+    with pytest.raises(NoSpaceError) as caught:
+        fj.prune_partials(tmp_path, [])
+    assert Path(caught.value.path).parent == fj.partial_dir(tmp_path) and caught.value.needed_bytes == 0
+    with pytest.raises(NoSpaceError) as caught:
+        fj.discard_partial(tmp_path, ENTRY)
+    assert caught.value.path == str(fj._paths(tmp_path, ENTRY)[1]) and caught.value.needed_bytes == 0
+
+
+def test_prune_counts_only_part_files_and_matches_the_whole_key(tmp_path: Path) -> None:
+    directory = fj.partial_dir(tmp_path)
+    directory.mkdir(parents=True)
+    key = fj.part_key(ENTRY)
+    (directory / f"{key}.json.tmp").write_text("x" * 5000)  # ours: kept (the key is before the first dot)
+    (directory / "other.json").write_text("x" * 5000)  # not a part file: deleted, but frees "nothing"
+    assert fj.prune_partials(tmp_path, [ENTRY]) == 0
+    assert sorted(p.name for p in directory.iterdir()) == [f"{key}.json.tmp"]
+
+
+def test_local_error_without_statvfs_reports_zero_free(tmp_path: Path) -> None:
+    err = fj.local_error(OSError(errno.ENOSPC, "No space"), path=tmp_path / "gone" / "deeper" / "f", needed=1)
+    assert isinstance(err, NoSpaceError) and err.free_bytes == 0 and err.path == str(tmp_path / "gone/deeper/f")
+
+
+def test_files_are_created_0644_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        j = fresh(tmp_path)
+        j.record_etag('"e"')
+        j.close()
+    finally:
+        os.umask(old)
+    for p in fj._paths(tmp_path, ENTRY):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p.name
+
+
+def test_resumed_journal_is_writable(tmp_path: Path) -> None:
+    fresh(tmp_path).close()
+    j = fresh(tmp_path)
+    j.write(0, b"r" * 10)
+    j.advance(0, 10)
+    j.close()
+    assert fj.part_path(tmp_path, ENTRY).read_bytes()[:10] == b"r" * 10
+
+
+def test_part_symlink_planted_after_the_check_is_not_followed(tmp_path: Path) -> None:
+    """O_NOFOLLOW: a link planted between `_load` and the open is refused, not written through."""
+    write_journal(tmp_path)
+    part = fj.part_path(tmp_path, ENTRY)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"v" * SIZE)
+    j = fj.Journal(tmp_path, ENTRY, segments=SEGMENTS, done=[0, 0], etag=None, no_range=False)
+    part.unlink()
+    part.symlink_to(victim)
+    with pytest.raises(LocalIOError) as caught:
+        j._open_fds(create=False)
+    assert caught.value.path == str(part)
+    assert victim.read_bytes() == b"v" * SIZE and j.part_fd == -1
+
+
+def test_resume_reads_etag_and_no_range_carefully(tmp_path: Path) -> None:
+    write_journal(tmp_path, etag=123)
+    meta_path = fj._paths(tmp_path, ENTRY)[1]
+    meta = json.loads(meta_path.read_text())
+    del meta["no_range"]
+    meta_path.write_text(json.dumps(meta))
+    j = fresh(tmp_path)
+    try:
+        assert j.done == [100, 50], "resumed"
+        assert j.etag is None, "a non-string etag is never sent as If-Range"
+        assert j.no_range is False
+    finally:
+        j.close(sync=False)
+
+
+def test_layout_with_fewer_bytes_than_connections() -> None:
+    assert fj.layout_segments(3, split_threshold=1, connections=4) == [(0, 1), (1, 2), (2, 3)]

@@ -79,8 +79,20 @@ def test_state_dir_that_is_not_a_folder_is_refused(tmp_path: Path, target: Path,
         state.symlink_to(tmp_path / "elsewhere")  # a link to a real folder: still refused
     else:
         state.write_text("x")
-    with pytest.raises(LocalIOError, match="is not a folder"):
+    with pytest.raises(LocalIOError, match="is not a folder") as caught:
         place.check_state_dir(target)
+    assert caught.value.path == str(state)
+
+
+def test_uninspectable_state_dir_is_reported(target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(path: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(place.os, "lstat", denied)
+    with pytest.raises(LocalIOError) as caught:
+        place.check_state_dir(target)
+    assert str(caught.value) == f"cannot inspect {marker.state_dir(target)}: Permission denied"
+    assert caught.value.path == str(marker.state_dir(target))
 
 
 def test_prepare_target_creates_the_partial_folder(target: Path) -> None:
@@ -90,15 +102,17 @@ def test_prepare_target_creates_the_partial_folder(target: Path) -> None:
 
 def test_prepare_target_fails_when_the_state_folder_cannot_be_created(target: Path) -> None:
     marker.state_dir(target).write_text("a file in the way")
-    with pytest.raises(LocalIOError, match="cannot create the state folder"):
+    with pytest.raises(LocalIOError, match="cannot create the state folder") as caught:
         place.prepare_target(target)
+    assert caught.value.path == str(marker.state_dir(target))
 
 
 def test_prepare_target_checks_write_access(target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The access check (emulated: root may write anywhere, so a chmod would not show it)."""
     monkeypatch.setattr(place.os, "access", lambda path, mode: not (Path(path) == target and mode == os.W_OK))
-    with pytest.raises(LocalIOError, match=f"target {target} is not writable"):
+    with pytest.raises(LocalIOError, match=f"target {target} is not writable") as caught:
         place.prepare_target(target)
+    assert caught.value.path == str(target)
 
 
 # ---- complete_on_disk ----------------------------------------------------------------------------------------
@@ -131,8 +145,9 @@ def test_complete_on_disk_refuses_a_file_reached_through_a_link_out(tmp_path: Pa
 
 def test_complete_on_disk_reports_an_uninspectable_path(target: Path) -> None:
     (target / "sub").write_text("a file where a folder should be")
-    with pytest.raises(LocalIOError, match="cannot inspect"):
+    with pytest.raises(LocalIOError, match="cannot inspect") as caught:
         place.complete_on_disk(target, ENTRY)
+    assert caught.value.path == str(target / ENTRY.path)
 
 
 # ---- safe_final_path / place ---------------------------------------------------------------------------------
@@ -150,8 +165,9 @@ def test_place_refuses_a_folder_symlinked_out_of_the_target(tmp_path: Path, targ
     outside.mkdir()
     (target / "sub").symlink_to(outside)
     part = part_file(tmp_path)
-    with pytest.raises(LocalIOError, match="leads outside the target"):
+    with pytest.raises(LocalIOError, match="leads outside the target") as caught:
         place.place(target, ENTRY, part)
+    assert caught.value.path == str(target / "sub" / "dir")
     assert list(outside.iterdir()) == [], "no folder or file was created outside"
     assert part.exists()
 
@@ -169,14 +185,16 @@ def test_place_replaces_a_planted_file_symlink_not_its_destination(tmp_path: Pat
 
 def test_place_refuses_a_directory_in_the_way(tmp_path: Path, target: Path) -> None:
     (target / ENTRY.path).mkdir(parents=True)
-    with pytest.raises(LocalIOError, match="a directory is in the way"):
+    with pytest.raises(LocalIOError, match="a directory is in the way") as caught:
         place.place(target, ENTRY, part_file(tmp_path))
+    assert caught.value.path == str(target / ENTRY.path)
 
 
 def test_safe_final_path_reports_a_file_in_the_way(tmp_path: Path, target: Path) -> None:
     (target / "sub").write_text("x")
-    with pytest.raises(LocalIOError, match="cannot create"):
+    with pytest.raises(LocalIOError, match="cannot create") as caught:
         place.safe_final_path(target, ENTRY)
+    assert caught.value.path == str(target / "sub" / "dir")
 
 
 def test_safe_final_path_rechecks_after_creating_folders(tmp_path: Path, target: Path,
@@ -192,11 +210,13 @@ def test_safe_final_path_rechecks_after_creating_folders(tmp_path: Path, target:
         path.symlink_to(outside)
 
     monkeypatch.setattr(place.marker, "make_dir", racing_make_dir)
-    with pytest.raises(LocalIOError, match="leads outside the target"):
+    with pytest.raises(LocalIOError, match="leads outside the target") as caught:
         place.safe_final_path(target, ENTRY)
+    assert caught.value.path == str(target / "sub" / "dir")
 
 
 def test_place_reports_a_failed_move(tmp_path: Path, target: Path) -> None:
-    with pytest.raises(LocalIOError, match="cannot move sub/dir/model.safetensors into place"):
+    with pytest.raises(LocalIOError, match="cannot move sub/dir/model.safetensors into place") as caught:
         place.place(target, ENTRY, tmp_path / "no-such.part")
+    assert caught.value.path == str(target / ENTRY.path)
     assert not (target / ENTRY.path).exists()
