@@ -218,8 +218,9 @@ def test_partial_dir_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     fj.partial_dir(state).symlink_to(elsewhere)
-    with pytest.raises(LocalIOError, match="refusing to write partial data through the symlink"):
+    with pytest.raises(LocalIOError, match="refusing to write partial data through the symlink") as caught:
         fj.Journal.open(state, ENTRY, split_threshold=1 << 20, connections=1)
+    assert caught.value.path == str(fj.partial_dir(state))
     assert list(elsewhere.iterdir()) == [], "nothing may be written through the link"
 
 
@@ -546,7 +547,7 @@ def test_prune_failures_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(Path, "iterdir", nospace)
     with pytest.raises(NoSpaceError) as caught:
         fj.prune_partials(tmp_path, [])
-    assert caught.value.path == str(fj.partial_dir(tmp_path) / "x")
+    assert caught.value.path == str(fj.partial_dir(tmp_path) / "x") and caught.value.needed_bytes == 0
     monkeypatch.undo()
     monkeypatch.setattr(Path, "unlink", nospace)
     with pytest.raises(NoSpaceError) as caught:
@@ -625,3 +626,72 @@ def test_resume_reads_etag_and_no_range_carefully(tmp_path: Path) -> None:
 
 def test_layout_with_fewer_bytes_than_connections() -> None:
     assert fj.layout_segments(3, split_threshold=1, connections=4) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_fresh_journal_of_an_empty_file_is_resumable(tmp_path: Path) -> None:
+    empty = FileEntry("empty.txt", 0, blob_sha1="e6" * 20)
+    fresh(tmp_path, empty).close()
+    assert fj._paths(tmp_path, empty)[2].read_bytes() == b""
+    assert not isinstance(fj._load(tmp_path, empty), str)
+
+
+def test_flush_syncs_the_offsets_even_without_a_part_fd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = fresh(tmp_path)
+    os.close(j.part_fd)
+    j._part_fd = -1
+    synced: list[int] = []
+    monkeypatch.setattr(fj.os, "fsync", synced.append)
+    j.flush()
+    assert synced == [j._offsets_fd]
+    j.close(sync=False)
+
+
+def test_failed_open_closes_without_syncing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+    synced: list[int] = []
+
+    def offsets_fail(path: Any, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith(".offsets"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(fj.os, "open", offsets_fail)
+    monkeypatch.setattr(fj.os, "fsync", synced.append)
+    with pytest.raises(LocalIOError, match="Read-only file system"):
+        fresh(tmp_path)
+    assert synced == []
+
+
+def test_a_journal_never_opened_closes_no_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    touched: list[int] = []
+    monkeypatch.setattr(fj.os, "close", touched.append)
+    monkeypatch.setattr(fj.os, "fsync", touched.append)
+    j = fj.Journal(tmp_path, ENTRY, segments=SEGMENTS, done=[0, 0], etag=None, no_range=False)
+    j.close()
+    assert touched == [] and j.part_fd == -1
+
+
+def test_start_writeback_without_sync_file_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fj, "_sync_file_range", False)
+    assert fj.start_writeback(1) is False
+
+
+def test_metadata_tmp_symlink_planted_in_the_window_is_not_followed(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """O_EXCL: a link planted between unlinking the tmp file and creating it is refused, not written through."""
+    j = fresh(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    tmp = j.meta_path.with_suffix(".json.tmp")
+    real_unlink = Path.unlink
+
+    def unlink_then_plant(self: Path, missing_ok: bool = False) -> None:
+        real_unlink(self, missing_ok=missing_ok)
+        if self == tmp:
+            self.symlink_to(victim)
+
+    monkeypatch.setattr(Path, "unlink", unlink_then_plant)
+    with pytest.raises(LocalIOError, match="File exists"):
+        j.record_etag('"e"')
+    assert victim.read_text() == "precious"
+    j.close(sync=False)
