@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,67 @@ def test_check_imports_nothing_heavy(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0 []"
+
+
+# ---- each not-ready reason, exactly (what `check` prints and /readyz reports) ------------------------------
+def _edit_marker(tmp_path: Path, **fields: object) -> None:
+    path = marker.marker_path(tmp_path)
+    data = json.loads(path.read_text())
+    data.update(fields)
+    path.write_text(json.dumps(data))
+
+
+def test_each_not_ready_reason(tmp_path: Path) -> None:
+    assert marker.check_ready(tmp_path).reason == "no ready marker"
+    plan = _provisioned(tmp_path)
+    ok = marker.check_ready(tmp_path, repo_id="org/m", revision="main")
+    assert (ok.ok, ok.reason, ok.marker is not None) == (True, "ready", True)
+    assert marker.check_ready(tmp_path, repo_id="org/x").reason == "marker is for org/m, not org/x"
+    assert marker.check_ready(tmp_path, revision="v2").reason == f"marker is for revision main ({COMMIT[:12]}), not v2"
+    assert marker.check_ready(tmp_path, repo_id=None, revision=None).ok
+    w = tmp_path / "sub" / "w.bin"
+    st = w.stat()
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+    assert marker.check_ready(tmp_path).reason == "sub/w.bin was modified after verification"
+    w.write_bytes(b"x" * 99)
+    assert marker.check_ready(tmp_path).reason == "sub/w.bin has size 99, expected 100"
+    w.unlink()
+    w.mkdir()
+    assert marker.check_ready(tmp_path).reason == "sub/w.bin is not a regular file"
+    w.rmdir()
+    assert marker.check_ready(tmp_path).reason == "sub/w.bin is missing"
+    w.write_bytes(b"x" * 100)
+    for fields, reason in [({"version": 2}, "marker version 2 is not 1"),
+                           ({"files": [{"path": "a.json"}]}, "marker is malformed"),
+                           ({"files": 3}, "marker is malformed")]:
+        marker.write_marker(tmp_path, plan=plan, verify_level="checksums", verification={}, engine="native",
+                            started_at=0.0)
+        _edit_marker(tmp_path, **fields)
+        check = marker.check_ready(tmp_path)
+        assert (check.ok, check.reason) == (False, reason)
+        assert check.marker is not None and check.marker.get("repo_id") == "org/m"
+
+
+def test_marker_records_what_was_verified(tmp_path: Path) -> None:
+    plan = _provisioned(tmp_path)
+    data = marker.read_marker(tmp_path)
+    assert data is not None
+    assert {k: data[k] for k in ("version", "repo_id", "revision", "commit", "endpoint", "engine", "verify",
+                                 "verification", "bytes_total", "started_at")} == {
+        "version": 1, "repo_id": "org/m", "revision": "main", "commit": COMMIT, "endpoint": "http://127.0.0.1:1",
+        "engine": "native", "verify": "checksums", "verification": {}, "bytes_total": plan.total_bytes,
+        "started_at": 0.0}
+    assert data["files"] == [{**e.to_json(), "mtime_ns": os.lstat(tmp_path / e.path).st_mtime_ns}
+                             for e in plan.files]
+    assert data["verified_at"] > 1e9
+
+
+def test_marker_file_is_0644_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        _provisioned(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(marker.marker_path(tmp_path).stat().st_mode) == 0o644
+    assert stat.S_IMODE(marker.state_dir(tmp_path).stat().st_mode) == 0o755
+    assert sorted(p.name for p in marker.state_dir(tmp_path).iterdir()) == ["ready.json"]
