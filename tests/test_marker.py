@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from provisioner import marker
 from provisioner.cli import main
 from provisioner.errors import ExitCode
@@ -102,25 +104,33 @@ def _edit_marker(tmp_path: Path, **fields: object) -> None:
     path.write_text(json.dumps(data))
 
 
+def not_ready(check: marker.MarkerCheck) -> str:
+    """The reason of a refusal (and that it is one, with the marker it read)."""
+    assert check.ok is False and check.marker is not None and check.marker.get("repo_id") == "org/m", check
+    return check.reason
+
+
 def test_each_not_ready_reason(tmp_path: Path) -> None:
-    assert marker.check_ready(tmp_path).reason == "no ready marker"
+    none = marker.check_ready(tmp_path)
+    assert (none.ok, none.reason, none.marker) == (False, "no ready marker", None)
     plan = _provisioned(tmp_path)
     ok = marker.check_ready(tmp_path, repo_id="org/m", revision="main")
     assert (ok.ok, ok.reason, ok.marker is not None) == (True, "ready", True)
-    assert marker.check_ready(tmp_path, repo_id="org/x").reason == "marker is for org/m, not org/x"
-    assert marker.check_ready(tmp_path, revision="v2").reason == f"marker is for revision main ({COMMIT[:12]}), not v2"
+    assert not_ready(marker.check_ready(tmp_path, repo_id="org/x")) == "marker is for org/m, not org/x"
+    assert not_ready(marker.check_ready(tmp_path, revision="v2")) == \
+        f"marker is for revision main ({COMMIT[:12]}), not v2"
     assert marker.check_ready(tmp_path, repo_id=None, revision=None).ok
     w = tmp_path / "sub" / "w.bin"
     st = w.stat()
     os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
-    assert marker.check_ready(tmp_path).reason == "sub/w.bin was modified after verification"
+    assert not_ready(marker.check_ready(tmp_path)) == "sub/w.bin was modified after verification"
     w.write_bytes(b"x" * 99)
-    assert marker.check_ready(tmp_path).reason == "sub/w.bin has size 99, expected 100"
+    assert not_ready(marker.check_ready(tmp_path)) == "sub/w.bin has size 99, expected 100"
     w.unlink()
     w.mkdir()
-    assert marker.check_ready(tmp_path).reason == "sub/w.bin is not a regular file"
+    assert not_ready(marker.check_ready(tmp_path)) == "sub/w.bin is not a regular file"
     w.rmdir()
-    assert marker.check_ready(tmp_path).reason == "sub/w.bin is missing"
+    assert not_ready(marker.check_ready(tmp_path)) == "sub/w.bin is missing"
     w.write_bytes(b"x" * 100)
     for fields, reason in [({"version": 2}, "marker version 2 is not 1"),
                            ({"files": [{"path": "a.json"}]}, "marker is malformed"),
@@ -128,9 +138,31 @@ def test_each_not_ready_reason(tmp_path: Path) -> None:
         marker.write_marker(tmp_path, plan=plan, verify_level="checksums", verification={}, engine="native",
                             started_at=0.0)
         _edit_marker(tmp_path, **fields)
-        check = marker.check_ready(tmp_path)
-        assert (check.ok, check.reason) == (False, reason)
-        assert check.marker is not None and check.marker.get("repo_id") == "org/m"
+        assert not_ready(marker.check_ready(tmp_path)) == reason
+
+
+def test_a_marker_that_is_not_an_object_is_no_marker(tmp_path: Path) -> None:
+    marker.state_dir(tmp_path).mkdir()
+    marker.marker_path(tmp_path).write_text("[1, 2]")
+    assert marker.read_marker(tmp_path) is None
+    assert marker.check_ready(tmp_path).reason == "no ready marker"
+
+
+def test_make_dir_creates_every_missing_folder_0755(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        marker.make_dir(tmp_path / "a" / "b" / "c")
+    finally:
+        os.umask(old)
+    for p in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o755, p
+
+
+def test_fsync_dir_wants_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        marker.fsync_dir(tmp_path / "f")
+    marker.fsync_dir(tmp_path)
 
 
 def test_marker_records_what_was_verified(tmp_path: Path) -> None:
