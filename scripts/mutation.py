@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", action="append", default=[], help="with --module: the test files to run")
     ap.add_argument("--source", type=Path, default=ROOT, help="the tree to copy (default: this checkout)")
     ap.add_argument("--workdir", type=Path, help="scratch directory to keep (default: a temp dir, removed)")
-    ap.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--check", action="store_true", help="exit 1 below the floors (implied by --quick)")
     ap.add_argument("--show", metavar="MUTANT", help="with --workdir of a finished run: print one mutant's diff")
     args = ap.parse_args(argv)
