@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite, from a fresh machine: Python deps, real tools (helm, kubectl, promtool,
-# prometheus), lint, types, then pytest. Extra arguments go to pytest.
+# prometheus), lint, types, pytest, then the quick mutation run (docs/testing.md). Extra arguments go
+# to pytest (and skip the mutation run).
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
@@ -18,4 +19,8 @@ mypy provisioner
 mypy emulator/hub_emulator
 echo "test: pytest" >&2
 export MP_STRICT_SKIPS=1  # a skip not in tests/allowed_skips.txt fails the run
-exec python3 -m pytest -q -p no:cacheprovider "$@"
+python3 -m pytest -q -p no:cacheprovider "$@"
+if [ "$#" -eq 0 ]; then  # the whole suite: also check that the safety modules' unit tests kill mutants
+    echo "test: mutation (quick)" >&2
+    python3 scripts/mutation.py --quick
+fi

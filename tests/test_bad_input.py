@@ -32,9 +32,9 @@ from provisioner import cli
 from provisioner.config import SETTINGS
 from provisioner.context import RunContext
 from provisioner.errors import BadRemoteError, ExitCode, NotFoundError, ProvisionerError
-from provisioner.manifest import Plan
+from provisioner.manifest import FileEntry, Plan
 from provisioner.observe.progress import Tracker
-from provisioner.plan import MAX_FILE_SIZE, build_plan
+from provisioner.plan import DEFAULT_SKIPPED_WEIGHTS, MAX_FILE_SIZE, build_plan
 from provisioner.retry import RetryBudget
 from provisioner.state import marker
 
@@ -599,3 +599,84 @@ def test_property_planner_answers_any_listing_safely(fake_hub_server: FakeHub, t
         raise AssertionError(f"malformed listing gave {type(exc).__name__} (exit {exc.exit_code}), not exit 9: "
                              f"{exc}") from None
     _check_plan(plan, tmp_path / "m")
+
+
+# ---- the oracle: a well-formed listing must be planned, exactly --------------------------------------------
+# The property above accepts any BadRemoteError, so a planner refusing everything would pass it. These
+# listings have the hub's `hf` shape (every sibling with its size and blobId, LFS files with lfs.sha256 and
+# lfs.size), unique paths that stay inside the target and no file/folder clash: the plan must list exactly
+# these files with exactly these sizes and hashes.
+_SEGMENT = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=8).filter(
+    lambda p: p not in (".", "..") and p not in DEFAULT_SKIPPED_WEIGHTS)
+_PATH = st.lists(_SEGMENT, min_size=1, max_size=3).map("/".join).filter(
+    lambda p: p.split("/")[0] != marker.STATE_DIR_NAME)
+
+
+def _without_clashes(paths: list[str]) -> list[str]:
+    """Drop every path that is also a folder of another one (the deepest paths always stay)."""
+    folders = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)}
+    return [p for p in paths if p not in folders]
+
+
+@st.composite
+def valid_listings(draw: st.DrawFn) -> tuple[dict[str, Any], list[FileEntry]]:
+    paths = _without_clashes(draw(st.lists(_PATH, min_size=1, max_size=8, unique=True)))
+    siblings, expected = [], []
+    for path in paths:
+        size = draw(st.integers(min_value=0, max_value=MAX_FILE_SIZE))
+        blob = draw(hex_of(40))
+        sib: dict[str, Any] = {"rfilename": path, "size": size, "blobId": blob}
+        if draw(st.booleans()):
+            sha = draw(hex_of(64))
+            sib["lfs"] = {"sha256": sha, "size": size, "pointerSize": draw(st.integers(100, 200))}
+            expected.append(FileEntry(path, size, sha256=sha, blob_sha1=blob))
+        else:
+            expected.append(FileEntry(path, size, blob_sha1=blob))
+        siblings.append(sib)
+    body = {"id": REPO, "sha": draw(hex_of(40)), "siblings": draw(st.permutations(siblings))}
+    return body, sorted(expected, key=lambda e: e.path)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(listing=valid_listings())
+def test_property_planner_plans_every_well_formed_listing_exactly(fake_hub_server: FakeHub, tmp_path: Path,
+                                                                   listing: tuple[dict[str, Any], list[FileEntry]]
+                                                                   ) -> None:
+    body, expected = listing
+    with fake_hub_server.lock:
+        fake_hub_server.info = body
+    plan = plan_with(fake_hub_server, tmp_path)  # any error here is a planner refusing a valid listing
+    assert plan.commit == body["sha"]
+    assert list(plan.files) == expected
+    _check_plan(plan, tmp_path / "m")
+
+
+# One defect planted in an otherwise well-formed listing: each must be refused as bad remote data (exit 9).
+_DEFECTS: dict[str, Any] = {
+    "traversal": lambda sibs, body: sibs[0].update(rfilename="../" + sibs[0]["rfilename"]),
+    "absolute": lambda sibs, body: sibs[0].update(rfilename="/" + sibs[0]["rfilename"]),
+    "reserved-folder": lambda sibs, body: sibs[0].update(rfilename=f"{marker.STATE_DIR_NAME}/marker.json"),
+    "duplicate": lambda sibs, body: sibs.append(dict(sibs[0])),
+    "file-and-folder": lambda sibs, body: sibs.append({**sibs[0], "rfilename": sibs[0]["rfilename"] + "/x"}),
+    "bad-lfs-sha256": lambda sibs, body: sibs[0].update(lfs={"sha256": "Z" * 64, "size": sibs[0]["size"],
+                                                             "pointerSize": 130}),
+    "absurd-size": lambda sibs, body: sibs[0].update(size=MAX_FILE_SIZE + 1),
+    "bad-commit": lambda sibs, body: body.update(sha="main"),
+}
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(listing=valid_listings(), defect=st.sampled_from(sorted(_DEFECTS)))
+def test_property_one_defect_makes_a_listing_bad_remote(fake_hub_server: FakeHub, tmp_path: Path,
+                                                        listing: tuple[dict[str, Any], list[FileEntry]],
+                                                        defect: str) -> None:
+    body = json.loads(json.dumps(listing[0]))
+    _DEFECTS[defect](body["siblings"], body)
+    with fake_hub_server.lock:
+        fake_hub_server.info = body
+    with pytest.raises(BadRemoteError) as caught:
+        plan_with(fake_hub_server, tmp_path)
+    assert caught.value.exit_code == ExitCode.BAD_REMOTE == 9
+    assert str(caught.value) and "\n" not in str(caught.value)

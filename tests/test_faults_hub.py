@@ -378,6 +378,9 @@ def test_file_changed_on_hub_between_attempts_no_splice(repo_hub: HubEmulator, t
     assert range_starts(hub, BIG)[0] == 0, range_starts(hub, BIG)
     assert served(hub, BIG) == BIG_SIZE
     assert "checksum" not in retry_reasons(res.stderr), res.stderr[-4000:]
+    # the mechanism: new content has a new part key, so the old partial is never even loaded (pruned as a
+    # leftover); were the key blind to the hash, the journal check would have to refuse it instead
+    assert "discarding the journal" not in res.stderr, res.stderr[-4000:]
 
 
 # ---- (b) cases: permanent errors and spent budgets ------------------------------------------------

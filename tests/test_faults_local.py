@@ -416,9 +416,19 @@ def test_damaged_journal_is_discarded_not_trusted(repo_hub: HubEmulator, tmp_pat
         part.with_suffix(".json").write_text("{garbage")
     elif damage == "offsets-too-long":
         part.with_suffix(".offsets").write_bytes(part.with_suffix(".offsets").read_bytes() + b"\1" * 8)
-    else:
+    else:  # one byte past the end (the unit tests in test_journal.py cover offsets inside the file)
         n = len(part.with_suffix(".offsets").read_bytes()) // 8
-        part.with_suffix(".offsets").write_bytes((BIG_SIZE * 2).to_bytes(8, "little") * n)
+        part.with_suffix(".offsets").write_bytes((BIG_SIZE + 1).to_bytes(8, "little") * n)
+    reason = {"garbage-json": "metadata file unreadable (JSONDecodeError)",
+              "offsets-too-long": "offsets file has ",
+              "offsets-beyond-size": f"offset {BIG_SIZE + 1} of segment 0 beyond the segment end"}[damage]
     res = run_cli(argv_for(hub, target))
     assert res.returncode == 0, res.stderr[-3000:]
     assert_ready(target)
+    # the mechanism, not only the outcome: the journal was refused up front with the reason, and its
+    # bytes were never trusted (a trusted bad journal would only be caught later by the checksum)
+    discards = [ln for ln in json_lines(res.stderr) if ln.get("msg", "").startswith("discarding the journal of ")]
+    assert len(discards) == 1, res.stderr[-3000:]
+    assert discards[0]["msg"].startswith(f"discarding the journal of {BIG}: {reason}"), discards
+    assert discards[0]["level"] == "warning"
+    assert not any(ln.get("reason") == "checksum" for ln in json_lines(res.stderr) if ln.get("event") == "retry")

@@ -8,7 +8,6 @@ Prints measured bytes and times (run with `-s` to see them).
 from __future__ import annotations
 
 import filecmp
-import importlib.util
 import signal
 import subprocess
 import time
@@ -21,12 +20,7 @@ from cli_helpers import run_args, start_cli, wait_until
 from fake_apiserver import FakeApiServer
 from hub_emulator import HubEmulator
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("provisioner.api") is None
-                       or importlib.util.find_spec("provisioner.cli") is None,
-                       reason="needs provisioner.api / provisioner.cli (`python -m provisioner run`)"),
-]
+pytestmark = [pytest.mark.slow]
 
 MiB = 1024 * 1024
 NS = "models"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import wait_until
 
 from provisioner.errors import Interrupted
 from provisioner.verify import model_files, smoke, smoke_child
@@ -227,12 +228,32 @@ def test_timeout_kills_the_child(real_model_dir: Path, fake_child: Callable[[str
     assert r.seconds < 10
 
 
-def test_stop_kills_the_child_and_raises(real_model_dir: Path, fake_child: Callable[[str], None]) -> None:
-    fake_child("import time; time.sleep(60)")
+def test_stop_kills_the_child_and_raises(real_model_dir: Path, fake_child: Callable[[str], None],
+                                         tmp_path: Path) -> None:
+    """Stop is set only once the child runs (it writes its pid first); the child must then be gone."""
+    pid_file = tmp_path / "child.pid"
+    fake_child(f"import os, time; open({str(pid_file)!r} + '.tmp', 'w').write(str(os.getpid())); "
+               f"os.rename({str(pid_file)!r} + '.tmp', {str(pid_file)!r}); time.sleep(60)")
     stop = threading.Event()
+    outcome: list[BaseException | object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(run_smoke_test(real_model_dir, timeout=60, stop=stop))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    wait_until(pid_file.exists, timeout=30, what="the smoke child to start")
+    pid = int(pid_file.read_text())
+    os.kill(pid, 0)  # alive now: the stop below hits a running child
     stop.set()
-    with pytest.raises(Interrupted):
-        run_smoke_test(real_model_dir, timeout=60, stop=stop)
+    worker.join(10)  # bounded: the child sleeps 60 s, so a stop that is not honoured fails here
+    assert not worker.is_alive(), "run_smoke_test did not return after stop"
+    assert len(outcome) == 1 and isinstance(outcome[0], Interrupted), outcome
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left running
+        os.kill(pid, 0)
 
 
 def test_child_environment_is_offline_private_and_tokenless(real_model_dir: Path, fake_child: Callable[[str], None],

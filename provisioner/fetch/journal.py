@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -30,7 +31,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import LocalIOError, NoSpaceError
 from ..manifest import FileEntry
@@ -38,6 +39,7 @@ from ..manifest import FileEntry
 JOURNAL_VERSION = 1
 _U64 = struct.Struct("<Q")
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+log = logging.getLogger("provisioner.fetch")
 
 # Start writeback of the part file after every this many bytes written, so the final fsync (durability
 # before the marker) finds little dirty page cache left: 1 GiB at once took 275-375 ms, this leaves ~10 ms.
@@ -146,53 +148,96 @@ def local_error(exc: OSError, *, path: Path, needed: int) -> Exception:
     return LocalIOError(f"cannot write {path}: {exc.strerror or exc}", path=str(path))
 
 
-def _valid_segments(raw: Any, size: int) -> list[tuple[int, int]] | None:
+def _segments_problem(raw: Any, size: int) -> tuple[list[tuple[int, int]], str | None]:
+    """The segment layout in `raw`, and why it is not a gap-free cover of [0, size) (None if it is)."""
     if not isinstance(raw, list):
-        return None
+        return [], "segments are not a list"
     segs: list[tuple[int, int]] = []
     cursor = 0
-    for item in raw:
+    for i, item in enumerate(raw):
         if not (isinstance(item, list) and len(item) == 2 and all(isinstance(v, int) for v in item)):
-            return None
+            return [], f"segment {i} is not a pair of integers"
         start, end = item
-        if start != cursor or end <= start:
-            return None
+        if start != cursor:
+            return [], f"segment {i} starts at {start}, not at {cursor} (gap or overlap)"
+        if end <= start:
+            return [], f"segment {i} is empty or reversed"
         segs.append((start, end))
         cursor = end
     if cursor != size:
-        return None
-    return segs
+        return [], f"segments cover {cursor} bytes, not the file size {size}"
+    return segs, None
 
 
-def _load(state_dir: Path, entry: FileEntry) -> tuple[dict[str, Any], list[tuple[int, int]], list[int]] | None:
-    """A consistent journal for `entry`, or None (absent, stale, or damaged)."""
+class _Loaded(NamedTuple):
+    meta: dict[str, Any]
+    segments: list[tuple[int, int]]
+    done: list[int]
+
+
+ABSENT = "absent"  # the `_load` answer when there is no journal at all (the normal case, not a problem)
+
+
+def _meta_problem(meta: Any, entry: FileEntry) -> str | None:
+    """Why the metadata does not describe `entry` (stale or damaged), or None."""
+    if not isinstance(meta, dict):
+        return "metadata is not an object"
+    if meta.get("version") != JOURNAL_VERSION:
+        return f"journal version {meta.get('version')!r}, not {JOURNAL_VERSION}"
+    if meta.get("path") != entry.path:
+        return "written for another path"
+    if meta.get("expected") != entry.expected:
+        return "written for other content (expected hash differs)"
+    if meta.get("size") != entry.size:
+        return f"written for size {meta.get('size')!r}, not {entry.size}"
+    return None
+
+
+def _load(state_dir: Path, entry: FileEntry) -> _Loaded | str:
+    """A consistent journal for `entry`, or why there is none: ABSENT, or which check failed
+    (stale: written for other content; damaged: torn, truncated, planted links, impossible offsets)."""
     part, meta_path, offsets_path = _paths(state_dir, entry)
+    if not any(os.path.lexists(p) for p in (part, meta_path, offsets_path)):
+        return ABSENT
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        raw_offsets = offsets_path.read_bytes()
+    except FileNotFoundError:  # a crash between unlinking and rewriting the metadata
+        return "metadata file missing"
+    except (OSError, ValueError) as exc:  # unreadable or garbled (torn write, bit rot): never trusted
+        return f"metadata file unreadable ({type(exc).__name__})"
+    try:
         part_stat = part.lstat()
-    except (OSError, ValueError):  # missing or unreadable/garbled file: not resumable, start over
-        return None
-    if not stat.S_ISREG(part_stat.st_mode) or offsets_path.is_symlink():  # planted links: never followed
-        return None
-    part_size = part_stat.st_size
-    if not isinstance(meta, dict) or meta.get("version") != JOURNAL_VERSION:
-        return None
-    if meta.get("path") != entry.path or meta.get("expected") != entry.expected or meta.get("size") != entry.size:
-        return None
-    segs = _valid_segments(meta.get("segments"), entry.size)
-    if segs is None or len(raw_offsets) != _U64.size * len(segs) or part_size != entry.size:
-        return None
+    except OSError as exc:  # missing or unreadable part file: nothing to resume
+        return f"part file unreadable ({exc.strerror or type(exc).__name__})"
+    if not stat.S_ISREG(part_stat.st_mode):  # planted symlink (or a dir): never followed
+        return "part file is not a regular file"
+    if offsets_path.is_symlink():  # planted symlink: never followed
+        return "offsets file is a symlink"
+    try:
+        raw_offsets = offsets_path.read_bytes()
+    except OSError as exc:  # missing or unreadable offsets file: progress unknown
+        return f"offsets file unreadable ({exc.strerror or type(exc).__name__})"
+    problem = _meta_problem(meta, entry)
+    if problem is not None:
+        return problem
+    segs, problem = _segments_problem(meta.get("segments"), entry.size)
+    if problem is not None:
+        return problem
+    if len(raw_offsets) != _U64.size * len(segs):
+        return f"offsets file has {len(raw_offsets)} bytes, not {_U64.size * len(segs)} ({len(segs)} segments)"
+    if part_stat.st_size != entry.size:
+        return f"part file has {part_stat.st_size} bytes, not {entry.size}"
     done = [_U64.unpack_from(raw_offsets, i * _U64.size)[0] for i in range(len(segs))]
-    if any(d > end - start for d, (start, end) in zip(done, segs, strict=True)):
-        return None
-    return meta, segs, done
+    for i, (d, (start, end)) in enumerate(zip(done, segs, strict=True)):
+        if d > end - start:
+            return f"offset {d} of segment {i} beyond the segment end ({end - start} bytes)"
+    return _Loaded(meta, segs, done)
 
 
 def partial_bytes_on_disk(state_dir: Path, entry: FileEntry) -> int:
     """Resumable bytes of `entry` present in the state directory (0 if none or not trustworthy)."""
     loaded = _load(state_dir, entry)
-    return sum(loaded[2]) if loaded else complete_small_bytes(state_dir, entry)
+    return sum(loaded.done) if isinstance(loaded, _Loaded) else complete_small_bytes(state_dir, entry)
 
 
 def _unlink_all(state_dir: Path, entry: FileEntry, *, keep_part: bool = False) -> None:
@@ -284,13 +329,15 @@ class Journal:
         """Load a consistent journal for `entry` (resume) or create a fresh one."""
         ensure_partial_dir(state_dir, needed=entry.size)
         loaded = _load(state_dir, entry)
-        if loaded is not None:
+        if isinstance(loaded, _Loaded):
             meta, segs, done = loaded
             etag = meta.get("etag") if isinstance(meta.get("etag"), str) else None
             journal = cls(state_dir, entry, segments=segs, done=done, etag=etag,
                           no_range=bool(meta.get("no_range", False)))
             journal._open_fds(create=False)
             return journal
+        if loaded != ABSENT:  # the one line that says why bytes on disk are being fetched again
+            log.warning("discarding the journal of %s: %s", entry.path, loaded)
         _unlink_all(state_dir, entry)
         journal = cls(state_dir, entry, done=[],
                       segments=layout_segments(entry.size, split_threshold=split_threshold,
