@@ -212,8 +212,12 @@ SETTINGS: tuple[Setting, ...] = (
             commands=("run", "verify")),
     Setting("connect-timeout", "connect_timeout", _positive_float("connect-timeout"), "10",
             "Seconds to open a TCP/TLS connection."),
+    Setting("header-timeout", "header_timeout", _positive_float("header-timeout"), "20",
+            "Seconds to wait for a response's headers (time to first byte) before the request is dropped and "
+            "retried; capped by --stall-timeout. A hub that never answers is noticed this fast."),
     Setting("stall-timeout", "stall_timeout", _positive_float("stall-timeout"), "60",
-            "Stall watchdog: seconds without a byte (headers or body) before the connection is dropped and resumed."),
+            "Stall watchdog: seconds without a byte of a response body before the connection is dropped and "
+            "resumed (the headers have --header-timeout)."),
     Setting("api-timeout", "api_timeout", _positive_float("api-timeout"), "30",
             "Seconds for each hub API call (revision, file listing); huggingface_hub sets none."),
     Setting("retry-budget", "retry_budget", _positive_float("retry-budget"), "900",
@@ -282,6 +286,7 @@ class Config:
     reverify: bool = False
     reference_embeddings: str = ""
     connect_timeout: float = 10.0
+    header_timeout: float = 20.0
     stall_timeout: float = 60.0
     api_timeout: float = 30.0
     retry_budget: float = 900.0

@@ -308,6 +308,7 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
       (list "PROVISIONER_VERIFY" $m.verify)
       (list "PROVISIONER_REFERENCE_EMBEDDINGS" $m.referenceEmbeddings)
       (list "PROVISIONER_CONNECT_TIMEOUT" $m.connectTimeout)
+      (list "PROVISIONER_HEADER_TIMEOUT" $m.headerTimeout)
       (list "PROVISIONER_STALL_TIMEOUT" $m.stallTimeout)
       (list "PROVISIONER_API_TIMEOUT" $m.apiTimeout)
       (list "PROVISIONER_RETRY_BUDGET" $m.retryBudget)
