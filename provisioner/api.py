@@ -126,7 +126,7 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
     lock = _coordinator(cfg, kube=kube, target=target)
     with lock.hold(key=f"{plan.repo_id}@{plan.commit}", tracker=tracker, stop=ctx.stop):
         waited_for = tracker.waiting_for
-        check = marker.check_ready(target, repo_id=plan.repo_id, revision=plan.commit)
+        check = marker.check_ready(target, repo_id=plan.repo_id, revision=plan.commit, app_check_pending_ok=True)
         if check.ok and not cfg.reverify:  # another replica (or an earlier revision name) finished it
             log.info("ready from the marker written by %s", waited_for or "an earlier run")
             if versioned:
@@ -231,16 +231,19 @@ def _early_smoke_child(ctx: RunContext, plan: Plan, *, target: Path) -> Iterator
 
 
 def _smoke_test(ctx: RunContext, *, target: Path, child: Any = None) -> dict[str, Any] | None:
-    """The embedding smoke test's JSON for the marker (None when --verify is not `full`).
+    """The embedding smoke test's JSON for the marker (None when --verify is `none` or `checksums`).
 
     `child`: a `SmokeChild` started early (its imports done during the download); None runs one now.
+    --verify app: no test here; the marker says it is pending until the app-image check records its result.
     """
-    if ctx.config.verify != "full":
+    if ctx.config.verify not in ("full", "app"):
         return None
     from .verify import is_sentence_transformers_dir, run_smoke_test
 
     if not is_sentence_transformers_dir(target):
         return {"ok": None, "detail": "not a sentence-transformers model: skipped"}
+    if ctx.config.verify == "app":
+        return {"ok": None, "pending": "app", "detail": "runs in the app's image (smoke_child.py --record)"}
     ctx.check_stop()
     ctx.tracker.set_phase(Phase.SMOKE_TEST)
     if child is not None:

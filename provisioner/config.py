@@ -201,9 +201,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("engine", "engine", _choice("engine", ("native", "hub")), "native",
             "`native`: our resumable ranged engine. `hub`: huggingface_hub's snapshot_download (Xet-capable), "
             "wrapped with the same plan, retries, verification and marker.", choices=("native", "hub")),
-    Setting("verify", "verify", _choice("verify", ("none", "checksums", "full")), "full",
+    Setting("verify", "verify", _choice("verify", ("none", "checksums", "full", "app")), "full",
             "`checksums`: sha256/git-sha1 of every file. `full`: also the embedding smoke test "
-            "for sentence-transformers models.", choices=("none", "checksums", "full"),
+            "for sentence-transformers models. `app`: checksums here; the embedding test runs in the app's own "
+            "image (`smoke_child.py DIR --record`, see docs/chart.md) and the marker is not ready until it passed.",
+            choices=("none", "checksums", "full", "app"),
             commands=("run", "verify", "demo")),
     Setting("reverify", "reverify", _bool("reverify"), "false",
             "Ignore a valid ready marker and re-hash every file.", is_flag=True),

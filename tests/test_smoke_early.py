@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +118,80 @@ def test_reference_mismatch_from_the_early_child_fails_with_6_and_no_marker(mode
     assert _STARTED.search(res.stderr)
     assert "reference embeddings differ" in res.stderr
     assert not marker.read_marker(tmp_path / "m")
+
+
+# ---- --verify app: the embedding check runs in the app's own image, as a plain script ------------------
+
+_BLOCKER = """
+import importlib.abc, runpy, sys
+class _NoProvisioner(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "provisioner" or name.startswith("provisioner."):
+            raise ImportError("the app-image check must not need the provisioner package: " + name)
+        return None
+sys.meta_path.insert(0, _NoProvisioner())
+script = sys.argv[1]
+sys.path.insert(0, script.rsplit("/", 1)[0])
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def _app_check(script_dir: Path, model_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Run the shipped check script the way the chart's init container does, with the provisioner
+    package made unimportable (the app image does not have it)."""
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HOME": str(script_dir), "HF_HOME": str(script_dir / "hf"), "PROVISIONER_CHECK_IMAGE": "app:test"}
+    return subprocess.run([sys.executable, "-c", _BLOCKER, str(script_dir / "smoke_child.py"), str(model_dir),
+                           "--record"], capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def _ship_script(tmp_path: Path) -> Path:
+    d = tmp_path / "check"
+    d.mkdir()
+    src = Path(marker.__file__).parent / "verify"
+    for name in ("smoke_child.py", "model_files.py"):
+        shutil.copy(src / name, d / name)
+    return d
+
+
+def test_verify_app_marker_waits_for_the_app_image_check(model_hub: HubEmulator, tmp_path: Path) -> None:
+    target = tmp_path / "m"
+    res = run_cli(run_args(endpoint=model_hub.url, target=target, repo_id=MODEL,
+                           extra=["--verify", "app", "--log-level", "debug"]))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "smoke test child" not in res.stderr  # no torch in the provisioner for --verify app
+    m = marker.read_marker(target)
+    assert m is not None and m["verify"] == "app"
+    assert m["verification"]["checksums"]["ok"] is True
+    assert m["verification"]["embedding"]["pending"] == "app"
+    check = run_cli([sys.executable, "-m", "provisioner", "check", str(target)])
+    assert check.returncode == ExitCode.NOT_READY and "has not run yet" in check.stderr + check.stdout
+    # a restart of the provisioner serves the files as they are: the pending check is not its job
+    again = run_cli(run_args(endpoint=model_hub.url, target=target, repo_id=MODEL, extra=["--verify", "app"]))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert marker.read_marker(target)["verification"]["embedding"]["pending"] == "app"  # type: ignore[index]
+
+    script_dir = _ship_script(tmp_path)
+    rec = _app_check(script_dir, target)
+    assert rec.returncode == 0, rec.stderr[-3000:]
+    assert json.loads(rec.stdout.strip().splitlines()[-1])["ok"] is True
+    emb = marker.read_marker(target)["verification"]["embedding"]  # type: ignore[index]
+    assert emb["ok"] is True and emb["dim"] == 384 and emb["ran_in"] == "app:test" and "pending" not in emb
+    assert run_cli([sys.executable, "-m", "provisioner", "check", str(target)]).returncode == 0
+
+
+def test_app_image_check_without_a_marker_fails(real_model_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(real_model_dir, model)
+    rec = _app_check(_ship_script(tmp_path), model)
+    assert rec.returncode == 1
+    assert "cannot record the result" in json.loads(rec.stdout.strip().splitlines()[-1])["detail"]
+
+
+def test_check_refuses_a_failed_app_image_check(tmp_path: Path) -> None:
+    m = {"verify": "app", "verification": {"embedding": {"ok": False, "detail": "dim 3 != 384"}}}
+    assert marker.app_check_state(m) == "embedding check in the app's image failed: dim 3 != 384"
+    assert marker.app_check_state({**m, "verify": "full"}) is None
+    assert marker.app_check_state({"verify": "app", "verification": {"embedding": {"ok": None, "detail": "skipped"}}}) \
+        is None
