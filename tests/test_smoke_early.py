@@ -141,7 +141,7 @@ def _app_check(script_dir: Path, model_dir: Path) -> subprocess.CompletedProcess
     """Run the shipped check script the way the chart's init container does, with the provisioner
     package made unimportable (the app image does not have it)."""
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HOME": str(script_dir), "HF_HOME": str(script_dir / "hf"), "PROVISIONER_CHECK_IMAGE": "app:test"}
+           "HOME": str(script_dir), "HF_HOME": str(script_dir / "hf"), "EMBEDDING_CHECK_IMAGE": "app:test"}
     return subprocess.run([sys.executable, "-c", _BLOCKER, str(script_dir / "smoke_child.py"), str(model_dir),
                            "--record"], capture_output=True, text=True, env=env, timeout=300, check=False)
 

@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["peak_rss_mib"] = _peak_rss_mib()
     if args.record:
         try:
-            record_in_marker(args.model_dir, report, ran_in=os.environ.get("PROVISIONER_CHECK_IMAGE", "app"))
+            record_in_marker(args.model_dir, report, ran_in=os.environ.get("EMBEDDING_CHECK_IMAGE", "app"))
         except (OSError, ValueError) as exc:  # no marker (the provisioner did not finish) or unwritable: fail
             report = {**report, "ok": False, "detail": one_line(f"cannot record the result: {exc}")}
     real_stdout.write(json.dumps(report) + "\n")
