@@ -19,6 +19,7 @@ which runs as __main__).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -81,6 +82,7 @@ def p9(b: Any, report: Any, row: Any, *, before: Path | None = None) -> None:
         hub.faults.rate_limit_global = cap
         out: dict[str, list[tuple[float, float | None]]] = {t: [] for t in tools}
         fails: dict[str, int] = {t: 0 for t in tools}
+        child: list[dict[str, Any]] = []  # the early child's import / idle timings (this tree's runs)
         for i in range(b.s.runs):
             for tool in tools[i % len(tools):] + tools[:i % len(tools)]:
                 target = b.fresh_dir(f"P9-{tool}")
@@ -89,6 +91,8 @@ def p9(b: Any, report: Any, row: Any, *, before: Path | None = None) -> None:
                 gap = r.wall - r.last_byte if r.last_byte is not None else None
                 if r.ok:
                     out[tool].append((r.wall, gap))
+                    if tool == "mp":
+                        child.append(_child_timings(target))
                 else:
                     fails[tool] += 1
                 print(f"[bench] P9 {cap // MiB} MiB/s {tool}: code {r.code} {r.wall:.2f}s "
@@ -96,7 +100,7 @@ def p9(b: Any, report: Any, row: Any, *, before: Path | None = None) -> None:
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.rmtree(target.parent / f"{target.name}.hf-home", ignore_errors=True)
         hub.clear_faults()
-        raw[str(cap)] = {"results": out, "fails": fails}
+        raw[str(cap)] = {"results": out, "fails": fails, "child": child}
 
         mp_wall = _median([w for w, _ in out["mp"]])
         seed_wall = _median([w for w, _ in out["seed"]])
@@ -104,7 +108,10 @@ def p9(b: Any, report: Any, row: Any, *, before: Path | None = None) -> None:
         download = total / cap
         due = download > 6.0  # the imports (~5-8 s) fit inside the transfer: the target applies
         ok = None if not due else (gap is not None and gap <= TARGET_GAP and not fails["mp"])
-        note = f"transfer ≈ {download:.1f} s"
+        imports = _median([c["import_seconds"] for c in child if c.get("import_seconds") is not None])
+        idle = _median([c["idle_before_go_seconds"] for c in child if c.get("idle_before_go_seconds") is not None])
+        note = (f"transfer ≈ {download:.1f} s; the early child's imports {_fmt(imports)}, "
+                f"idle before go {_fmt(idle)}")
         if before is not None:
             note += f"; before ({before}): {_cell(out, fails, 'before')}"
         report.rows.append(row(
@@ -120,10 +127,23 @@ def p9(b: Any, report: Any, row: Any, *, before: Path | None = None) -> None:
 def _cell(out: dict[str, list[tuple[float, float | None]]], fails: dict[str, int], tool: str) -> str:
     walls = [w for w, _ in out.get(tool, [])]
     gaps = [g for _, g in out.get(tool, []) if g is not None]
-    text = f"{_fmt(_median(walls))}; last byte → ready {_fmt(_median(gaps))}" if walls else "failed"
-    if len(walls) > 1:
-        text += f" [{min(walls):.2f}–{max(walls):.2f}]"
+    if not walls:
+        return "failed" + (f" ({fails[tool]} failed)" if fails.get(tool) else "")
+    text = _fmt(_median(walls)) + (f" [{min(walls):.2f}–{max(walls):.2f}]" if len(walls) > 1 else "")
+    text += f"; last byte → ready {_fmt(_median(gaps))}"
+    if len(gaps) > 1:
+        text += f" [{min(gaps):.2f}–{max(gaps):.2f}]"
     return text + (f" ({fails[tool]} failed)" if fails.get(tool) else "")
+
+
+def _child_timings(target: Path) -> dict[str, Any]:
+    """The smoke test's timings from the ready marker the provisioner wrote."""
+    try:
+        marker = json.loads((target / ".provisioner" / "ready.json").read_text())
+        embedding = marker["verification"]["embedding"]
+    except (OSError, ValueError, KeyError, TypeError):  # no marker: nothing to report for this run
+        return {}
+    return {k: embedding.get(k) for k in ("import_seconds", "idle_before_go_seconds", "head_start_seconds", "seconds")}
 
 
 def _spec(b: Any, tool: str, target: Path, *, before: Path | None) -> Any:

@@ -74,6 +74,8 @@ class SmokeResult:
     reference_max_abs_diff: float | None = None
     peak_rss_mib: float | None = None  # the child's peak resident set size
     head_start_seconds: float | None = None  # how long the child had been running (importing) before `go`
+    import_seconds: float | None = None  # the child's imports before `go` (started early)
+    idle_before_go_seconds: float | None = None  # ready and waiting before `go`; 0: imports outlasted the download
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -194,6 +196,8 @@ def _result_from_report(report: dict[str, Any], *, returncode: int, seconds: flo
         detail=one_line(detail),
         reference_max_abs_diff=_opt_float(report.get("reference_max_abs_diff")),
         peak_rss_mib=_opt_float(report.get("peak_rss_mib")),
+        import_seconds=_opt_float(report.get("import_seconds")),
+        idle_before_go_seconds=_opt_float(report.get("idle_before_go_seconds")),
     )
 
 
