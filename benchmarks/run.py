@@ -42,12 +42,15 @@ for _path in (REPO_ROOT / "emulator", REPO_ROOT):  # the hub emulator is its own
 import small_files  # noqa: E402  (P10; next to this script)
 from hub_emulator import HubEmulator, HubStats, prime_hash_cache  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scenario modules, also when imported
+from ready import p9 as p11  # noqa: E402  (time to ready: P11)
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 MB = 1000 * 1000
 
-SCENARIOS: tuple[str, ...] = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
+SCENARIOS: tuple[str, ...] = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11")
 BIG_FILE = "model.safetensors"
 TOOLS = ("mp", "hf", "seed")
 TOOL_LABEL = {"mp": "model-provisioner", "hf": "hf download", "seed": "snapshot_download (seed)"}
@@ -981,6 +984,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--outage", type=float, default=None, help="P3 outage seconds (default 30, quick 1)")
     ap.add_argument("--check-iterations", type=int, default=None, help="P8 iterations (default 15, quick 3)")
     ap.add_argument("--no-seed", action="store_true", help="skip the seed's bare snapshot_download")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="P11: also time the provisioner from this source tree (before/after in one session)")
     default_cache = os.environ.get("BENCH_CACHE") or str(Path(tempfile.gettempdir()) / "model-provisioner-bench")
     ap.add_argument("--cache-dir", type=Path, default=Path(default_cache),
                     help=f"random data cache and scratch space (default {default_cache}; env BENCH_CACHE)")
@@ -1045,6 +1050,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "P1": sc.p1, "P1b": sc.p1b, "P2": sc.p2, "P3": sc.p3, "P4": sc.p4, "P5": sc.p5,
             "P6": (lambda: sc.p6(big)) if big is not None else (lambda: None),
             "P7": sc.p7, "P8": sc.p8, "P9": sc.p9, "P10": sc.p10,
+            "P11": lambda: p11(bench, report, Row, before=ns.before),
         }
         for name in settings.scenarios:
             log(f"--- {name}")

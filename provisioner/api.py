@@ -7,7 +7,9 @@
 Safe to run in a thread (e.g. behind an admin route): pass `stop=threading.Event()` to cancel.
 
 `execute` reads as the pipeline: guard the target -> warm start? -> plan -> hold the lock ->
-fetch + verify checksums -> smoke test -> mark ready. Each step is a stage module; this one only
+fetch + verify checksums -> smoke test -> mark ready. The smoke test's child process is started
+before the fetch (`_early_smoke_child`) so its imports overlap the download; `execute` owns it and
+kills it on any way out. Each step is a stage module; this one only
 orders them and builds the result. It is the top of the import graph: no stage imports it.
 """
 
@@ -19,7 +21,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +130,7 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
     lock = _coordinator(cfg, kube=kube, target=target)
     with lock.hold(key=f"{plan.repo_id}@{plan.commit}", tracker=tracker, stop=ctx.stop):
         waited_for = tracker.waiting_for
-        check = marker.check_ready(target, repo_id=plan.repo_id, revision=plan.commit)
+        check = marker.check_ready(target, repo_id=plan.repo_id, revision=plan.commit, app_check_pending_ok=True)
         if check.ok and not cfg.reverify:  # another replica (or an earlier revision name) finished it
             log.info("ready from the marker written by %s", waited_for or "an earlier run")
             if versioned:
@@ -141,8 +144,9 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
             linked = layout.seed_unchanged_files(plan, root=root, into=target, previous=previous)
             if linked:
                 log.info("%d unchanged file(s) hard-linked from %s", linked, (previous or "")[:12])
-        checksums = fetch_and_verify(ctx, plan, target=target, free_space=free_space)
-        embedding = _smoke_test(ctx, target=target)
+        with _early_smoke_child(ctx, plan, target=target) as child:
+            checksums = fetch_and_verify(ctx, plan, target=target, free_space=free_space)
+            embedding = _smoke_test(ctx, target=target, child=child)
         verification = _verification_json(checksums=checksums.to_json() if checksums.checked else None,
                                           embedding=embedding)
         marker.write_marker(target, plan=plan, verify_level=cfg.verify, verification=verification,
@@ -222,18 +226,49 @@ def _coordinator(cfg: Config, *, kube: Any, target: Path) -> Coordinator:
     return FileLock(marker.state_dir(target), identity=f"{socket.gethostname()}/{os.getpid()}")
 
 
-def _smoke_test(ctx: RunContext, *, target: Path) -> dict[str, Any] | None:
-    """The embedding smoke test's JSON for the marker (None when --verify is not `full`)."""
-    if ctx.config.verify != "full":
+def _reference(cfg: Config) -> Path | None:
+    return Path(cfg.reference_embeddings) if cfg.reference_embeddings else None
+
+
+@contextmanager
+def _early_smoke_child(ctx: RunContext, plan: Plan, *, target: Path) -> Iterator[Any]:
+    """The smoke test's child, started now so its 5-8 s of imports overlap the download (None when no
+    test is due: --verify is not `full`, or the plan's files are no sentence-transformers model).
+    Killed on the way out, whatever happened (a stop, a failed fetch or verification)."""
+    if ctx.config.verify != "full" or not needs_smoke_test(f.path for f in plan.files):
+        yield None
+        return
+    from .verify import SmokeChild
+
+    child = SmokeChild(target, reference=_reference(ctx.config))
+    log.debug("smoke test child pid %s started early: its imports overlap the download", child.pid)
+    try:
+        yield child
+    finally:
+        child.close()
+        log.debug("smoke test child pid %s ended", child.pid)
+
+
+def _smoke_test(ctx: RunContext, *, target: Path, child: Any = None) -> dict[str, Any] | None:
+    """The embedding smoke test's JSON for the marker (None when --verify is `none` or `checksums`).
+
+    `child`: a `SmokeChild` started early (its imports done during the download); None runs one now.
+    --verify app: no test here; the marker says it is pending until the app-image check records its result.
+    """
+    if ctx.config.verify not in ("full", "app"):
         return None
     from .verify import is_sentence_transformers_dir, run_smoke_test
 
     if not is_sentence_transformers_dir(target):
         return {"ok": None, "detail": "not a sentence-transformers model: skipped"}
+    if ctx.config.verify == "app":
+        return {"ok": None, "pending": "app", "detail": "runs in the app's image (smoke_child.py --record)"}
     ctx.check_stop()
     ctx.tracker.set_phase(Phase.SMOKE_TEST)
-    ref = Path(ctx.config.reference_embeddings) if ctx.config.reference_embeddings else None
-    result = run_smoke_test(target, reference=ref, stop=ctx.stop)
+    if child is not None:
+        result = child.run(stop=ctx.stop)
+    else:
+        result = run_smoke_test(target, reference=_reference(ctx.config), stop=ctx.stop)
     detail = ctx.redactor(result.detail)
     ctx.tracker.verification(kind="embedding", seconds=result.seconds, ok=result.ok, detail=detail)
     if not result.ok:

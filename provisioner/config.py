@@ -220,9 +220,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("engine", "engine", _choice("engine", ("native", "hub")), "native",
             "`native`: our resumable ranged engine. `hub`: huggingface_hub's snapshot_download (Xet-capable), "
             "wrapped with the same plan, retries, verification and marker.", choices=("native", "hub")),
-    Setting("verify", "verify", _choice("verify", ("none", "checksums", "full")), "full",
+    Setting("verify", "verify", _choice("verify", ("none", "checksums", "full", "app")), "full",
             "`checksums`: sha256/git-sha1 of every file. `full`: also the embedding smoke test "
-            "for sentence-transformers models.", choices=("none", "checksums", "full"),
+            "for sentence-transformers models. `app`: checksums here; the embedding test runs in the app's own "
+            "image (`smoke_child.py DIR --record`, see docs/chart.md) and the marker is not ready until it passed.",
+            choices=("none", "checksums", "full", "app"),
             commands=("run", "verify", "demo")),
     Setting("reverify", "reverify", _bool("reverify"), "false",
             "Ignore a valid ready marker and re-hash every file.", is_flag=True),
@@ -231,9 +233,12 @@ SETTINGS: tuple[Setting, ...] = (
             commands=("run", "verify")),
     Setting("connect-timeout", "connect_timeout", _positive_float("connect-timeout"), "10",
             "Seconds to open a TCP/TLS connection."),
+    Setting("header-timeout", "header_timeout", _positive_float("header-timeout"), "20",
+            "Seconds to wait for a response's headers (time to first byte) before the request is dropped and "
+            "retried; capped by --stall-timeout. A hub that never answers is noticed this fast."),
     Setting("stall-timeout", "stall_timeout", _positive_float("stall-timeout"), "60",
-            "Stall watchdog: seconds without a byte (headers or body) before the connection is dropped and resumed.",
-            extra_env=("HF_HUB_DOWNLOAD_TIMEOUT",)),
+            "Stall watchdog: seconds without a byte of a response body before the connection is dropped and "
+            "resumed (the headers have --header-timeout).", extra_env=("HF_HUB_DOWNLOAD_TIMEOUT",)),
     Setting("api-timeout", "api_timeout", _positive_float("api-timeout"), "30",
             "Seconds for each hub API call (revision, file listing); huggingface_hub sets none.",
             extra_env=("HF_HUB_ETAG_TIMEOUT",)),
@@ -306,6 +311,7 @@ class Config:
     reverify: bool = False
     reference_embeddings: str = ""
     connect_timeout: float = 10.0
+    header_timeout: float = 20.0
     stall_timeout: float = 60.0
     api_timeout: float = 30.0
     retry_budget: float = 900.0

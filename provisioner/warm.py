@@ -26,7 +26,8 @@ REVISION_CHECK_MAX_SECONDS = 10.0  # don't hold a restart hostage to a flaky hub
 def usable_marker(ctx: RunContext, *, target: Path) -> dict[str, Any] | None:
     """The marker to serve as is, or None when the model must be (re)provisioned."""
     cfg = ctx.config
-    check = marker.check_ready(target, repo_id=cfg.repo_id, revision=cfg.revision)
+    # The app-image embedding check (--verify app) runs after us: a marker waiting for it is ours to serve.
+    check = marker.check_ready(target, repo_id=cfg.repo_id, revision=cfg.revision, app_check_pending_ok=True)
     if not check.ok or check.marker is None:
         if check.marker is not None:
             log.info("existing marker not usable: %s", check.reason)

@@ -218,7 +218,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("pushgateway", "gopher://x"),
     ("log-format", "xml"), ("log-level", "loud"), ("progress-interval", "0"),
     ("kube", "maybe"), ("coordination", "paxos"), ("lease-duration", "0"), ("events", "sometimes"),
-    ("layout", "nested"), ("keep-revisions", "0"), ("keep-revisions", "many"), ("offline", "sometimes"),
+    ("layout", "nested"), ("keep-revisions", "0"), ("keep-revisions", "many"), ("offline", "sometimes"), ("header-timeout", "0"),
     ("token-file", "/nonexistent/secret/token"),
 ]
 # Free-form settings: any string is a legal value (patterns, paths checked when used, a condition type).

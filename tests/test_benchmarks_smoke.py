@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
+SCENARIOS = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11")
 
 
 @pytest.mark.timeout(240)

@@ -24,6 +24,7 @@ from chart_helpers import (
     NAMESPACE,
     PENDING_SETTINGS,
     RELEASE,
+    ROOT,
     RULES,
     SETTING_ENVS,
     _defaults,
@@ -703,3 +704,52 @@ def test_named_templates_attach_the_provisioner_to_another_charts_pods(
     path.write_text(proc.stdout)
     check = run([kubernetes_validate, "--strict", "--quiet", "-k", "1.37.0", str(path)])
     assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
+
+
+# --------------------------------------------------------------------------------------------- verify levels, image variant
+
+def test_default_verify_is_one_the_default_slim_image_can_do(helm: str) -> None:
+    prov = container(app_spec(helm, "default"), "model-provisioner")
+    assert prov["image"].endswith(":0.1.0-slim") or prov["image"].endswith("-slim")
+    assert env_of(prov)["PROVISIONER_VERIFY"] == "checksums"
+    full = container(app_spec(helm, "nativeSidecar"), "model-provisioner")
+    assert not full["image"].endswith("-slim") and env_of(full)["PROVISIONER_VERIFY"] == "full"
+
+
+def test_verify_app_runs_the_check_with_the_app_image_after_the_provisioner(helm: str) -> None:
+    objs = docs(helm, "appCheck")
+    spec = app_spec(helm, "appCheck")
+    assert [c["name"] for c in spec["initContainers"]] == ["model-provisioner", "embedding-check"]
+    prov, check = spec["initContainers"]
+    app = container(spec, "app")
+    assert env_of(prov)["PROVISIONER_VERIFY"] == "app" and prov["image"].endswith("-slim")
+    assert check["image"] == app["image"] == "ghcr.io/example/embedder:2.0"
+    assert check["command"] == ["/usr/local/bin/python3", "/opt/model-provisioner/check/smoke_child.py",
+                                target("appCheck"), "--record"]
+    mounts = {m["name"]: m for m in check["volumeMounts"]}
+    assert mounts["models"]["mountPath"] == target("appCheck") and not mounts["models"].get("readOnly")
+    assert mounts["embedding-check"]["readOnly"] is True
+    assert check["securityContext"] == prov["securityContext"]  # writes the marker as the provisioner's UID
+    assert env_of(check)["HF_HUB_OFFLINE"] == "1" and "HF_TOKEN" not in env_of(check)
+    assert not any(k.startswith("PROVISIONER_") for k in env_of(check))
+    cm_name = next(v for v in spec["volumes"] if v["name"] == "embedding-check")["configMap"]["name"]
+    cm = one(objs, "ConfigMap", cm_name)
+    for name in ("smoke_child.py", "model_files.py"):  # the shipped script is the package's, byte for byte
+        assert cm["data"][name].rstrip("\n") == (ROOT / "provisioner" / "verify" / name).read_text().rstrip("\n")
+
+
+def test_shipped_check_script_is_the_packages() -> None:
+    for name in ("smoke_child.py", "model_files.py"):
+        shipped = CHART / "files" / "embedding-check" / name
+        assert shipped.read_bytes() == (ROOT / "provisioner" / "verify" / name).read_bytes(), \
+            f"copy provisioner/verify/{name} to {shipped.relative_to(ROOT)}"
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--set", "model.verify=full"], "provisioner.image.variant=full"),
+    (["--set", "model.verify=app", "--set", "mode=nativeSidecar"], "model.verify=app"),
+    (["--set", "model.verify=app", "--set", "mode=sidecar"], "model.verify=app"),
+])
+def test_verify_level_must_fit_the_image_and_mode(helm: str, args: list[str], expect: str) -> None:
+    err = template_fails(helm, *args)
+    assert expect in err, err

@@ -240,8 +240,8 @@ def test_9_memory_medium_needs_a_size_limit_and_a_memory_limit_that_holds_it(hel
     assert vol["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Gi"}
     err = template_fails(helm, "--set", "storage.emptyDir.medium=Memory", "--set", "storage.emptyDir.sizeLimit=null")
     assert "storage.emptyDir.medium=Memory needs storage.emptyDir.sizeLimit" in err, err
-    err = template_fails(helm, "--set", "storage.emptyDir.medium=Memory")  # 5Gi of files, 1536Mi limit
-    assert "count against the provisioner's memory limit 1536Mi" in err, err
+    err = template_fails(helm, "--set", "storage.emptyDir.medium=Memory")  # 5Gi of files, 512Mi limit (checksums)
+    assert "count against the provisioner's memory limit 512Mi" in err, err
 
 
 # ---- 10. init mode failures reach Prometheus -------------------------------------------------------------
@@ -289,7 +289,12 @@ def test_12_empty_exclude_renders_an_empty_setting_and_null_keeps_the_default(he
 
 # ---- 13. resources by verify level ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case,request_mem,limit_mem", [("default", "768Mi", "1536Mi"), ("init", "128Mi", "512Mi")])
+@pytest.mark.parametrize("case,request_mem,limit_mem", [
+    ("default", "128Mi", "512Mi"),  # verify=checksums: the slim image's default
+    ("init", "128Mi", "512Mi"),
+    ("appCheck", "128Mi", "512Mi"),  # verify=app: the model is loaded by the embedding-check container, not here
+    ("nativeSidecar", "768Mi", "1536Mi"),  # verify=full
+])
 def test_13_provisioner_resources_follow_the_verify_level(
         helm: str, case: str, request_mem: str, limit_mem: str) -> None:
     res = container(app_spec(helm, case), "model-provisioner")["resources"]

@@ -216,6 +216,39 @@ def test_stall_before_headers_mid_file_resumes_at_the_byte(repo_hub: HubEmulator
     assert all(s >= MiB for s in starts[1:]), f"a request after the watchdog restarted the file: {starts}"
 
 
+def test_header_timeout_is_separate_from_the_body_stall_watchdog(repo_hub: HubEmulator, tmp_path: Path,
+                                                                  proc_cleanup: list[subprocess.Popen[str]]) -> None:
+    """--header-timeout bounds the wait for headers even when the body's stall watchdog is long:
+    with a 60 s stall timeout and a 1 s header timeout, two silent requests are cut within 20 s."""
+    hub = repo_hub
+    hub.faults.path = f"*{BIG}*"
+    hub.faults.stall_before_headers = 60.0
+    log = tmp_path / "run.log"
+    proc = start_cli(run_args(endpoint=hub.url, target=tmp_path / "m", repo_id=REPO,
+                              extra=[*FAST, "--stall-timeout", "60", "--header-timeout", "1"]), log=log)
+    proc_cleanup.append(proc)
+    assert hub.wait_for(lambda s: s.faults_fired["stall_before_headers"] >= 2, timeout=20), log.read_text()[-4000:]
+    hub.faults.stall_before_headers = 0.0
+    hub.release_stalls()
+    assert proc.wait(60) == 0, log.read_text()[-4000:]
+    assert_ready(tmp_path / "m", FILES)
+    assert "header timeout" in log.read_text()
+
+
+def test_body_pause_shorter_than_the_stall_timeout_is_not_cut_by_the_header_timeout(repo_hub: HubEmulator,
+                                                                                    tmp_path: Path) -> None:
+    """Once the headers are in, a body pause longer than --header-timeout but shorter than --stall-timeout
+    is waited out: one request for the big file, no stall retry."""
+    hub = repo_hub
+    hub.faults.path = f"*{BIG}*"
+    hub.faults.stall_mid_body = (MiB, 3.0)  # 3 s of silence mid-body, once
+    res = run(hub, tmp_path / "m", "--stall-timeout", "30", "--header-timeout", "1", "--connections-per-file", "1")
+    assert_ready(tmp_path / "m", FILES, res)
+    assert hub.stats.faults_fired["stall_mid_body"] == 1
+    assert "stall" not in retry_reasons(res.stderr)
+    assert len(range_starts(hub, BIG)) <= 1, range_starts(hub, BIG)
+
+
 def test_stall_mid_body_resumes_at_the_byte(repo_hub: HubEmulator, tmp_path: Path) -> None:
     hub = repo_hub
     hub.faults.path = f"*{BIG}*"

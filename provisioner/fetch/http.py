@@ -1,6 +1,7 @@
 """The native engine's HTTP side: one client, one GET per piece, redirects followed by hand.
 
-Owns: the client and its timeouts (the read timeout is the stall watchdog), the control-flow
+Owns: the client and its timeouts (the read timeout is the header timeout until a response's headers
+arrive, then the body's stall watchdog: see `body_watchdog`), the control-flow
 exceptions a request can end in (`Retry`, `Restart`, `Aborted`), a file's open sockets (`Job`, so an
 abort can cut a stalled read), and `HubHttp`: the hub URL -> signed CDN URL resolution (cached,
 re-resolved when it expires), which headers go where (the token only to the hub's origin), and the
@@ -74,16 +75,40 @@ def make_client(config: Config) -> httpx2.Client:
     )
 
 
+def header_timeout(config: Config) -> float:
+    """Seconds to wait for response headers: --header-timeout, never more than the stall watchdog."""
+    return min(config.header_timeout, config.stall_timeout)
+
+
 def client_timeout(config: Config) -> httpx2.Timeout:
-    return httpx2.Timeout(connect=config.connect_timeout, read=config.stall_timeout,
+    """Per request: `read` bounds the wait for the headers; `body_watchdog` then widens it for the body."""
+    return httpx2.Timeout(connect=config.connect_timeout, read=header_timeout(config),
                           write=config.stall_timeout, pool=config.connect_timeout)
 
 
-def classify(exc: httpx2.HTTPError, *, what: str, stall_timeout: float) -> Retry | ProvisionerError:
-    """A transport exception -> a retry with a low-cardinality reason (or a permanent error)."""
+def body_watchdog(resp: httpx2.Response, *, stall_timeout: float) -> None:
+    """The headers arrived: give the body the stall timeout instead of the header timeout.
+
+    httpcore reads the request's timeout dict when the body iteration starts (after this call), so
+    changing its `read` entry here applies to every body read of this response and nothing else.
+    """
+    timeouts = resp.request.extensions.get("timeout")
+    if isinstance(timeouts, dict):
+        timeouts["read"] = stall_timeout
+
+
+def classify(exc: httpx2.HTTPError, *, what: str, stall_timeout: float,
+             before_headers: bool = False) -> Retry | ProvisionerError:
+    """A transport exception -> a retry with a low-cardinality reason (or a permanent error).
+
+    `before_headers`: the request was still waiting for its response headers, so a read timeout is
+    the header timeout (`stall_timeout` is then that timeout's value).
+    """
     name = type(exc).__name__
     detail = redact(f"{what}: {name}: {exc}")
     if isinstance(exc, httpx2.ReadTimeout):
+        if before_headers:
+            return Retry("stall", f"{what}: no response headers for {stall_timeout:g}s (header timeout)", stall=True)
         return Retry("stall", f"{what}: no byte for {stall_timeout:g}s (stall watchdog)", stall=True)
     if isinstance(exc, httpx2.ConnectTimeout | httpx2.ConnectError | httpx2.ProxyError):
         return Retry("connect", detail)
@@ -271,9 +296,12 @@ class HubHttp:
         try:
             request = self.client.build_request("GET", url, headers=all_headers, timeout=self.timeout,
                                                 extensions={"trace": self._trace})
-            return self.client.send(request, stream=True, follow_redirects=False)
+            resp = self.client.send(request, stream=True, follow_redirects=False)
         except httpx2.HTTPError as exc:  # connect/stall-before-headers/reset: classified, retried
-            raise classify(exc, what=job.entry.path, stall_timeout=self.config.stall_timeout) from None
+            raise classify(exc, what=job.entry.path, stall_timeout=header_timeout(self.config),
+                           before_headers=True) from None
+        body_watchdog(resp, stall_timeout=self.config.stall_timeout)
+        return resp
 
     def _check_status(self, job: Job, resp: httpx2.Response, *, url: str, fresh: bool) -> None:
         status = resp.status_code

@@ -19,7 +19,7 @@ What the library decides, and what we do about it (see docs/engines.md):
   looks it up at each download, so we set `constants.HF_HUB_DOWNLOAD_TIMEOUT` (an idle timeout per
   socket read, our stall timeout) before the call (`hubclient.configure_downloads`, which also gives
   the shared client used for the tree listing connect/read timeouts). The per-HEAD `etag_timeout` is
-  an argument. Its errors are mapped by `hubapi.classify_download_error`.
+  an argument: our header timeout (capped by the stall timeout). Its errors are mapped by `hubapi.classify_download_error`.
 * Stop: snapshot_download cannot be cancelled, so it runs in a daemon thread. When `stop` is set we
   raise `Interrupted` at once; the progress hook makes the worker threads abandon their downloads at
   their next chunk (huggingface_hub then deletes their `.incomplete` files).
@@ -229,7 +229,7 @@ def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, ctx: RunContext, ca
             endpoint=plan.endpoint,
             token=config.token or False,  # False: never a token from ~/.cache/huggingface
             max_workers=config.max_workers,
-            etag_timeout=config.stall_timeout,
+            etag_timeout=min(config.header_timeout, config.stall_timeout),  # the HEAD's headers
             force_download=True,  # the caller asks only for files it could not verify on disk
             tqdm_class=sink.tqdm_class(),
             library_name="model-provisioner",

@@ -1,7 +1,9 @@
 """Stage 4 — the ready marker: `<target>/.provisioner/ready.json`.
 
 Written atomically (temp file, fsync, rename, directory fsync) and only after verification.
-`check_ready` is the probe path: stdlib only, no network, one stat per file.
+`check_ready` is the probe path: stdlib only, no network, one stat per file. With `--verify app` the
+marker is written with `verification.embedding.pending` and the app-image check
+(`verify/smoke_child.py --record`) fills in its result; probes are ready only once it passed.
 """
 
 from __future__ import annotations
@@ -46,9 +48,27 @@ def read_marker(target: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def check_ready(target: Path, *, repo_id: str | None = None, revision: str | None = None) -> MarkerCheck:
+def app_check_state(marker: dict[str, Any]) -> str | None:
+    """`--verify app`: why the app-image embedding check does not allow readiness yet, or None when it
+    passed (or is not due: another verify level, or no sentence-transformers model)."""
+    if marker.get("verify") != "app":
+        return None
+    embedding = (marker.get("verification") or {}).get("embedding")
+    if not isinstance(embedding, dict):
+        return None  # nothing to check: not a sentence-transformers model
+    if embedding.get("pending"):
+        return "embedding check in the app's image has not run yet"
+    if embedding.get("ok") is False:
+        return f"embedding check in the app's image failed: {embedding.get('detail', '')}"
+    return None
+
+
+def check_ready(target: Path, *, repo_id: str | None = None, revision: str | None = None,
+                app_check_pending_ok: bool = False) -> MarkerCheck:
     """True only if a valid marker exists and every file it lists is on disk with the recorded
-    size and mtime. `repo_id`/`revision` (branch, tag or commit), when given, must match too."""
+    size and mtime. `repo_id`/`revision` (branch, tag or commit), when given, must match too.
+    A `--verify app` marker also needs the app-image embedding check to have passed, unless
+    `app_check_pending_ok` (the provisioner itself: its part, the files, is done)."""
     marker = read_marker(target)
     if marker is None:
         return MarkerCheck(False, "no ready marker")
@@ -72,6 +92,9 @@ def check_ready(target: Path, *, repo_id: str | None = None, revision: str | Non
                 return MarkerCheck(False, f"{f['path']} has size {st.st_size}, expected {f['size']}", marker)
             if st.st_mtime_ns != f["mtime_ns"]:
                 return MarkerCheck(False, f"{f['path']} was modified after verification", marker)
+        waiting = None if app_check_pending_ok else app_check_state(marker)
+        if waiting is not None:
+            return MarkerCheck(False, waiting, marker)
     except (KeyError, TypeError, AttributeError):  # a marker we did not write: treat as absent
         return MarkerCheck(False, "marker is malformed", marker)
     return MarkerCheck(True, "ready", marker)

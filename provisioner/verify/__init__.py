@@ -23,12 +23,13 @@ from .checksums import READ_CHUNK, Digests, Hasher, hash_file, matches, mismatch
 from .model_files import expected_dim_from_disk, is_sentence_transformers_dir, needs_smoke_test
 
 if TYPE_CHECKING:
-    from .smoke import SmokeResult, check_smoke_dependencies, run_smoke_test
+    from .smoke import SmokeChild, SmokeResult, check_smoke_dependencies, run_smoke_test
 
 __all__ = [
     "READ_CHUNK",
     "Digests",
     "Hasher",
+    "SmokeChild",
     "SmokeResult",
     "check_smoke_dependencies",
     "expected_dim_from_disk",
@@ -41,7 +42,7 @@ __all__ = [
     "wanted_digests",
 ]
 
-_SMOKE_NAMES = ("SmokeResult", "check_smoke_dependencies", "run_smoke_test")
+_SMOKE_NAMES = ("SmokeChild", "SmokeResult", "check_smoke_dependencies", "run_smoke_test")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,10 +1,14 @@
 """The parent side of the embedding smoke test run before a sentence-transformers model is marked ready.
 
-`run_smoke_test` runs the test in a child process (`python -m provisioner.verify.smoke_child DIR`,
-see that module for the checks): torch and sentence-transformers cost ~420 MB RSS and 5-8 s to
-import, and a provisioner that stays on as a sidecar must not keep them. The child prints exactly
-one JSON line on stdout (its report) and exits 0 on pass, 1 on fail; a child that crashes, hangs or
-prints garbage becomes a failed `SmokeResult` with a one-line `detail`, never a traceback here.
+The test runs in a child process (`python -m provisioner.verify.smoke_child DIR --wait`, see that
+module for the checks): torch and sentence-transformers cost ~420 MB RSS and 5-8 s to import, and a
+provisioner that stays on as a sidecar must not keep them. `SmokeChild` starts that child early, while
+the files are still downloading, so its imports overlap the transfer; `run` then sends it `go` once the
+checksums are verified (the last byte -> ready gap is the model load and a few encodes, not the
+imports), and `close` kills it whatever happened (stop, a failed fetch). `run_smoke_test` is the
+one-shot form (start, go, close). The child prints exactly one JSON line on stdout (its report) and
+exits 0 on pass, 1 on fail; a child that crashes, hangs or prints garbage becomes a failed
+`SmokeResult` with a one-line `detail`, never a traceback here.
 
 `check_smoke_dependencies` is the preflight: run after planning, before fetching, it turns a
 missing `embed` extra into a ConfigError (exit 2) instead of a failed test after the download.
@@ -15,6 +19,8 @@ Imports the standard library, `context` (stop handling), `errors`, `model_files`
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -63,10 +69,13 @@ class SmokeResult:
     unrelated_cosine: float | None
     margin: float | None  # paraphrase_cosine - unrelated_cosine (must be >= MIN_MARGIN)
     norms: tuple[float, float] | None  # (min, max) vector norm
-    seconds: float  # wall time including the child's imports
+    seconds: float  # wall time from `go` to the result (the child's imports included unless it started early)
     detail: str  # one line: why it failed, or a short summary when it passed
     reference_max_abs_diff: float | None = None
     peak_rss_mib: float | None = None  # the child's peak resident set size
+    head_start_seconds: float | None = None  # how long the child had been running (importing) before `go`
+    import_seconds: float | None = None  # the child's imports before `go` (started early)
+    idle_before_go_seconds: float | None = None  # ready and waiting before `go`; 0: imports outlasted the download
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,7 +110,7 @@ def _failed(detail: str, seconds: float) -> SmokeResult:
 
 
 def _child_argv(model_dir: Path, reference: Path | None) -> list[str]:
-    argv = [sys.executable, "-m", smoke_child.__name__, str(model_dir)]
+    argv = [sys.executable, "-m", smoke_child.__name__, str(model_dir), "--wait"]
     if reference is not None:
         argv += ["--reference", str(reference)]
     return argv
@@ -187,6 +196,8 @@ def _result_from_report(report: dict[str, Any], *, returncode: int, seconds: flo
         detail=one_line(detail),
         reference_max_abs_diff=_opt_float(report.get("reference_max_abs_diff")),
         peak_rss_mib=_opt_float(report.get("peak_rss_mib")),
+        import_seconds=_opt_float(report.get("import_seconds")),
+        idle_before_go_seconds=_opt_float(report.get("idle_before_go_seconds")),
     )
 
 
@@ -204,6 +215,90 @@ def _wait(proc: subprocess.Popen[bytes], *, deadline: float, stop: threading.Eve
                 raise interrupted(stop) from None
 
 
+class SmokeChild:
+    """One smoke-test child, started before the files exist: its imports run while bytes flow.
+
+    Use as a context manager (the pipeline's owner holds it across fetch + verify): leaving it kills
+    the child if it is still running, so a stop or a failed fetch never leaves it behind. `run` may be
+    called once. Starting never raises: a child that cannot start fails `run` with its reason.
+    """
+
+    def __init__(self, model_dir: Path, *, reference: Path | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.reference = Path(reference) if reference is not None else None
+        self.started = time.monotonic()
+        self._tmp = _make_temp_dir(self.model_dir)
+        self._out_path, self._err_path = self._tmp / "stdout", self._tmp / "stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start_error: str | None = None
+        with self._out_path.open("wb") as out, self._err_path.open("wb") as err:
+            try:
+                self.proc = subprocess.Popen(_child_argv(self.model_dir, self.reference), stdin=subprocess.PIPE,
+                                             stdout=out, stderr=err, env=_child_env(self._tmp), cwd=str(self._tmp))
+            except OSError as exc:  # no interpreter / no fork: the test fails with this reason when it is due
+                self.start_error = f"cannot start the smoke test child: {exc}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def __enter__(self) -> SmokeChild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill the child if it still runs (stop, failure, or a test that was never due), remove its temp dir."""
+        proc = self.proc
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()  # no timeout: SIGKILL cannot be ignored
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):  # the pipe is broken once the child is gone: nothing to flush
+                    proc.stdin.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def run(self, *, timeout: float = DEFAULT_TIMEOUT, stop: threading.Event | None = None) -> SmokeResult:
+        """Tell the child to test the files now; its result (never raises for a bad model).
+
+        `timeout` counts from now (the imports done early are free). `stop` set: the child is killed
+        and `errors.Interrupted` is raised.
+        """
+        go = time.monotonic()
+        head_start = round(go - self.started, 3)
+        if not is_sentence_transformers_dir(self.model_dir):
+            return _failed(f"{self.model_dir} is not a sentence-transformers model (no modules.json)", 0.0)
+        if self.reference is not None and not self.reference.is_file():
+            return _failed(f"reference embeddings file {self.reference} not found", 0.0)
+        proc = self.proc
+        if proc is None:
+            return _failed(self.start_error or "smoke test child not started", 0.0)
+        try:
+            assert proc.stdin is not None  # started with stdin=PIPE
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
+        except OSError:  # the child is already gone (crashed while importing): its exit status says why
+            pass
+        try:
+            finished = _wait(proc, deadline=go + timeout, stop=stop)
+        finally:
+            if proc.poll() is None:  # timed out or stopped: do not let it run on
+                proc.kill()
+                proc.wait()  # no timeout: SIGKILL cannot be ignored
+        seconds = time.monotonic() - go
+        if not finished:
+            return _failed(f"smoke test timed out after {timeout:g}s (child killed)", seconds)
+        report = _parse_report(self._out_path.read_text(encoding="utf-8", errors="replace"))
+        if report is None:
+            last = _last_line(self._err_path)
+            return _failed(f"smoke test child {_signal_name(proc.returncode)} without a result"
+                           + (f"; last stderr line: {last}" if last else ""), seconds)
+        result = _result_from_report(report, returncode=proc.returncode, seconds=seconds)
+        return dataclasses.replace(result, head_start_seconds=head_start)
+
+
 def run_smoke_test(model_dir: Path, *, reference: Path | None = None, timeout: float = DEFAULT_TIMEOUT,
                    stop: threading.Event | None = None) -> SmokeResult:
     """Run the smoke test in a child process and return its result (never raises for a bad model).
@@ -211,31 +306,7 @@ def run_smoke_test(model_dir: Path, *, reference: Path | None = None, timeout: f
     `stop` (optional): when set, the child is killed and `errors.Interrupted` is raised.
     """
     model_dir = Path(model_dir)
-    started = time.monotonic()
-    if not is_sentence_transformers_dir(model_dir):
+    if not is_sentence_transformers_dir(model_dir):  # checked before starting a child that would be wasted
         return _failed(f"{model_dir} is not a sentence-transformers model (no modules.json)", 0.0)
-    if reference is not None and not Path(reference).is_file():
-        return _failed(f"reference embeddings file {reference} not found", 0.0)
-    tmp = _make_temp_dir(model_dir)
-    try:
-        out_path, err_path = tmp / "stdout", tmp / "stderr"
-        with out_path.open("wb") as out, err_path.open("wb") as err:
-            proc = subprocess.Popen(_child_argv(model_dir, reference), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=err, env=_child_env(tmp), cwd=str(tmp))
-            try:
-                finished = _wait(proc, deadline=started + timeout, stop=stop)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        seconds = time.monotonic() - started
-        if not finished:
-            return _failed(f"smoke test timed out after {timeout:g}s (child killed)", seconds)
-        report = _parse_report(out_path.read_text(encoding="utf-8", errors="replace"))
-        if report is None:
-            last = _last_line(err_path)
-            return _failed(f"smoke test child {_signal_name(proc.returncode)} without a result"
-                           + (f"; last stderr line: {last}" if last else ""), seconds)
-        return _result_from_report(report, returncode=proc.returncode, seconds=seconds)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with SmokeChild(model_dir, reference=reference) as child:
+        return dataclasses.replace(child.run(timeout=timeout, stop=stop), head_start_seconds=None)

@@ -1,8 +1,16 @@
 """The child side of the embedding smoke test: load the model, embed a few sentences, check them.
 
-Run as `python -m provisioner.verify.smoke_child MODEL_DIR [--reference FILE]` by `smoke.run_smoke_test`
+Run as `python -m provisioner.verify.smoke_child MODEL_DIR [--reference FILE] --wait` by `smoke.SmokeChild`
 (or by hand with `--write-reference OUT` to make a reference file). It prints exactly one JSON line
 on stdout (its report) and exits 0 on pass, 1 on fail; anything libraries print goes to stderr.
+With `--wait` it imports sentence-transformers first, then waits for a `go` line on stdin, so the
+parent can start it while the files are still downloading (EOF instead of `go`: exit 3, no report).
+
+It also runs as a plain script in the app's own image (`--verify app`: the chart mounts this file and
+`model_files.py` into an init container running the app image): `python smoke_child.py MODEL_DIR
+--record` runs the same checks and writes the result into the ready marker's `verification.embedding`
+(atomically), which `check` and /readyz then require. It needs only the standard library and
+sentence-transformers (with its numpy/torch) there, nothing of this package.
 
 Checks (all must hold):
 
@@ -14,7 +22,8 @@ Checks (all must hold):
 * cos(paraphrase pair) >= MIN_PARAPHRASE_COSINE and cos(pair) - cos(unrelated) >= MIN_MARGIN;
 * optional reference vectors (`{"sentences", "embeddings", "tolerance"}`): max |diff| <= tolerance.
 
-Imports only the standard library and `model_files` at import time (the parent imports this module
+Imports only the standard library and `model_files` at import time (as a sibling module when run as a
+script) (the parent imports this module
 for `one_line` and its name); numpy and sentence-transformers (torch) are imported inside the
 functions that need them, so they live only in the child process.
 """
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -32,7 +42,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .model_files import expected_dim_from_disk, has_normalize_module, read_json
+if __package__:
+    from .model_files import ST_MARKER_FILES, expected_dim_from_disk, has_normalize_module, read_json
+else:  # run as a plain script next to model_files.py (the app-image check): no package around it
+    from model_files import ST_MARKER_FILES, expected_dim_from_disk, has_normalize_module, read_json  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 # Plain English that multilingual models (the default paraphrase-multilingual-MiniLM-L12-v2) handle too.
 # Measured with all-MiniLM-L6-v2: cos(pair) = 0.755, cos(pair[0], unrelated) = -0.105.
@@ -43,6 +56,8 @@ MIN_MARGIN = 0.2
 NORM_TOLERANCE = 1e-3  # |norm - 1| allowed when the model normalizes
 DEFAULT_REFERENCE_TOLERANCE = 1e-3
 _DETAIL_MAX = 300
+EXIT_CANCELLED = 3  # --wait: stdin closed without a `go` (the parent stopped or died): no report
+MARKER_PATH = (".provisioner", "ready.json")  # the ready marker, relative to the model dir (see marker.py)
 
 
 def one_line(text: str) -> str:
@@ -186,6 +201,53 @@ def write_reference(model_dir: Path, out: Path, *, sentences: Sequence[str] | No
     os.replace(tmp, out)
 
 
+# Imported while waiting for `go` besides sentence_transformers itself: what loading any transformer model
+# imports lazily (~0.4 s otherwise paid after the last byte). Architecture modules load on `go`.
+_PRELOAD = ("numpy", "sentence_transformers", "sentence_transformers.models", "transformers.modeling_utils",
+            "transformers.generation.utils", "transformers.masking_utils", "transformers.modeling_layers")
+
+
+def _wait_for_go() -> tuple[bool, dict[str, float]]:
+    """--wait: import the heavy libraries now (the parent's download runs meanwhile), then block on stdin.
+
+    (True on a `go` line, False on EOF: the parent closed the pipe because it stopped, failed or died;
+    timings: `import_seconds`, and `idle_before_go_seconds` = how long the child was ready before `go`,
+    0 when `go` came first and the rest of the imports were paid after the last byte).
+    """
+    started = time.monotonic()
+    for name in _PRELOAD:
+        with contextlib.suppress(Exception):  # an import error is reported by the real import in evaluate()
+            importlib.import_module(name)
+    with contextlib.suppress(Exception):  # torch's first op sets up its thread pools: do it before `go`
+        import torch
+
+        torch.nn.functional.linear(torch.zeros(2, 8), torch.zeros(8, 8)).sum().item()
+    imported = time.monotonic()
+    go = sys.stdin.readline().strip() == "go"
+    return go, {"import_seconds": round(imported - started, 3),
+                "idle_before_go_seconds": round(time.monotonic() - imported, 3)}
+
+
+def record_in_marker(model_dir: Path, report: dict[str, Any], *, ran_in: str) -> None:
+    """Write `report` as the marker's `verification.embedding` (temp file, fsync, rename, like marker.py)."""
+    path = model_dir.joinpath(*MARKER_PATH)
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("verification", {}), dict):
+        raise ValueError(f"{path} is not a ready marker")
+    data.setdefault("verification", {})["embedding"] = {**report, "ran_in": ran_in, "checked_at": time.time()}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m provisioner.verify.smoke_child",
                                      description="Embedding smoke test; prints one JSON line.")
@@ -193,16 +255,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, default=None, help="reference embeddings JSON to reproduce")
     parser.add_argument("--write-reference", type=Path, default=None, metavar="OUT",
                         help="instead of testing, write a reference file from this model's probe embeddings")
+    parser.add_argument("--wait", action="store_true",
+                        help="import the libraries, then wait for a `go` line on stdin before testing")
+    parser.add_argument("--record", action="store_true",
+                        help="write the result into the ready marker's verification.embedding (app-image check)")
     args = parser.parse_args(argv)
     real_stdout = sys.stdout
-    started = time.monotonic()
     report: dict[str, Any]
     # Libraries may print; only our JSON line goes to stdout.
     with contextlib.redirect_stdout(sys.stderr):
+        timings: dict[str, float] = {}
+        if args.wait:
+            go, timings = _wait_for_go()
+            if not go:
+                return EXIT_CANCELLED
+        started = time.monotonic()
         try:
             if args.write_reference is not None:
                 write_reference(args.model_dir, args.write_reference)
                 report = {"ok": True, "detail": f"wrote {args.write_reference}"}
+            elif args.record and not any((args.model_dir / n).is_file() for n in ST_MARKER_FILES):
+                report = {"ok": True, "detail": "not a sentence-transformers model: nothing to check"}
+                args.record = False  # the marker already says so
             else:
                 report = evaluate(args.model_dir, reference=args.reference)
         except Exception as exc:  # noqa: BLE001 - any load/encode failure is a failed test, reported in one line
@@ -210,10 +284,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = {"ok": False, "detail": one_line(f"{type(exc).__name__}: {first}")}
     report["seconds"] = round(time.monotonic() - started, 3)
     report["peak_rss_mib"] = _peak_rss_mib()
+    report.update(timings)
+    if args.record:
+        try:
+            record_in_marker(args.model_dir, report, ran_in=os.environ.get("EMBEDDING_CHECK_IMAGE", "app"))
+        except (OSError, ValueError) as exc:  # no marker (the provisioner did not finish) or unwritable: fail
+            report = {**report, "ok": False, "detail": one_line(f"cannot record the result: {exc}")}
     real_stdout.write(json.dumps(report) + "\n")
     real_stdout.flush()
     return 0 if report.get("ok") else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the interpreter teardown: with torch loaded it took ~2 s (measured under load), all of it after
+    # the last byte; everything this process writes (report line, marker, reference file) is flushed already.
+    os._exit(code)

@@ -128,7 +128,11 @@ app.kubernetes.io/part-of: model-provisioner
 {{- if $img.digest }}
 {{- printf "%s@%s" $img.repository $img.digest }}
 {{- else }}
-{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag | toString) }}
+{{- $tag := $img.tag | toString }}
+{{- if not $img.tag }}
+{{- $tag = printf "%s%s" .Chart.AppVersion (ternary "-slim" "" (eq (default "slim" $img.variant) "slim")) }}
+{{- end }}
+{{- printf "%s:%s" $img.repository $tag }}
 {{- end }}
 {{- end }}
 
@@ -249,6 +253,12 @@ A deprecated name that is set wins over the new one: it can only be there becaus
 Checks of value combinations the schema cannot express. Included once by every template entry point.
 */}}
 {{- define "model-provisioner.validate" -}}
+{{- if and (eq .Values.model.verify "full") (ne (default "slim" .Values.provisioner.image.variant) "full") }}
+{{- fail "model.verify=full runs the embedding smoke test inside the provisioner, which needs torch: set provisioner.image.variant=full (the full image), or model.verify=app to run the test in the app's own image (slim provisioner), or model.verify=checksums" }}
+{{- end }}
+{{- if and (eq .Values.model.verify "app") (or (ne .Values.mode "init") .Values.nodeCache.enabled (not .Values.app.enabled)) }}
+{{- fail "model.verify=app runs the embedding check in an init container with the app image after the provisioner: it needs mode=init, app.enabled=true and no nodeCache (in the other modes /readyz would wait for a check that can only run after it); use model.verify=full with provisioner.image.variant=full there" }}
+{{- end }}
 {{- if and .Values.nodeCache.enabled (ne .Values.storage.type "hostPath") }}
 {{- fail "nodeCache.enabled needs storage.type=hostPath (the DaemonSet fills storage.hostPath.path on each node)" }}
 {{- end }}
@@ -329,6 +339,7 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
       (list "PROVISIONER_VERIFY" $m.verify)
       (list "PROVISIONER_REFERENCE_EMBEDDINGS" $m.referenceEmbeddings)
       (list "PROVISIONER_CONNECT_TIMEOUT" $m.connectTimeout)
+      (list "PROVISIONER_HEADER_TIMEOUT" $m.headerTimeout)
       (list "PROVISIONER_STALL_TIMEOUT" $m.stallTimeout)
       (list "PROVISIONER_API_TIMEOUT" $m.apiTimeout)
       (list "PROVISIONER_RETRY_BUDGET" $m.retryBudget)
@@ -619,6 +630,51 @@ PUBLIC: the provisioner as an init container (list item) for mode `init` or `nat
 {{- end }}
 {{- end }}
 
+{{/*
+PUBLIC: model.verify=app: the init container (list item) that runs the embedding check with the APP image after
+the provisioner (the ConfigMap `<fullname>-embedding-check` holds the script; volume "embedding-check", see
+`model-provisioner.volumes`). It records its result in the ready marker, which /readyz and `check` require.
+Same locked-down securityContext and /tmp as the provisioner (it writes the marker as the provisioner's UID).
+*/}}
+{{- define "model-provisioner.embeddingCheckContainer" -}}
+{{- $app := .Values.app }}
+{{- $image := printf "%s:%s" $app.image.repository (toString $app.image.tag) }}
+{{- $target := include "model-provisioner.target" . }}
+- name: embedding-check
+  image: {{ $image | quote }}
+  imagePullPolicy: {{ $app.image.pullPolicy }}
+  command:
+    - {{ $app.embeddingCheck.python | quote }}
+    - /opt/model-provisioner/check/smoke_child.py
+    - {{ $target | quote }}
+    - --record
+  env:
+    - name: EMBEDDING_CHECK_IMAGE
+      value: {{ $image | quote }}
+    {{- range list "HF_HUB_OFFLINE" "TRANSFORMERS_OFFLINE" "HF_HUB_DISABLE_TELEMETRY" "PYTHONDONTWRITEBYTECODE" }}
+    - name: {{ . }}
+      value: "1"
+    {{- end }}
+    - name: TOKENIZERS_PARALLELISM
+      value: "false"
+    {{- range list "HOME" "HF_HOME" "TMPDIR" "XDG_CACHE_HOME" "TORCH_HOME" "MPLCONFIGDIR" }}
+    - name: {{ . }}
+      value: /tmp
+    {{- end }}
+  volumeMounts:
+    - name: models
+      mountPath: {{ $target }}
+    - name: provisioner-tmp
+      mountPath: /tmp
+    - name: embedding-check
+      mountPath: /opt/model-provisioner/check
+      readOnly: true
+  resources:
+    {{- toYaml $app.embeddingCheck.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.provisioner.securityContext | nindent 4 }}
+{{- end }}
+
 {{/* PUBLIC: the provisioner as a regular sidecar container (list item), `--mode sidecar`. */}}
 {{- define "model-provisioner.sidecarContainer" -}}
 {{- include "model-provisioner._sidecarContainer" . | trim }}
@@ -676,6 +732,11 @@ hostPath:
 - name: provisioner-tmp
   emptyDir:
     sizeLimit: {{ .Values.provisioner.tmpSizeLimit }}
+{{- if eq .Values.model.verify "app" }}
+- name: embedding-check
+  configMap:
+    name: {{ include "model-provisioner.fullname" . }}-embedding-check
+{{- end }}
 {{- if and .Values.model.token.existingSecret (eq .Values.model.token.as "file") }}
 - name: provisioner-hf-token
   secret:
