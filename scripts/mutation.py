@@ -33,7 +33,7 @@ _FETCH_UNITS = [f"tests/test_fetch.py::{t}" for t in (
     "test_part_key_is_path_and_expected_hash", "test_layout_covers_the_file_exactly",
     "test_start_writeback_uses_sync_file_range_on_linux")]
 QUICK: dict[str, list[str]] = {
-    "provisioner/fetch/journal.py": ["tests/test_journal.py", *_FETCH_UNITS],
+    "provisioner/fetch/journal.py": ["tests/test_journal.py", "tests/test_journal_io.py", *_FETCH_UNITS],
     "provisioner/verify/checksums.py": ["tests/test_checksums.py"],
     "provisioner/place.py": ["tests/test_place.py"],
 }
