@@ -42,7 +42,7 @@ FULL: dict[str, list[str]] = {
     "provisioner/fetch/frontier.py": ["tests/test_fetch.py"],
     "provisioner/fetch/engine.py": ["tests/test_fetch.py"],
     "provisioner/verify/policy.py": ["tests/test_fetch.py", "tests/test_provision_e2e.py"],
-    "provisioner/marker.py": ["tests/test_marker.py"],
+    "provisioner/state/marker.py": ["tests/test_marker.py"],
     # (the planner properties in test_bad_input.py also reach these functions, but through real HTTP and
     # hundreds of examples each: ~20 s per surviving mutant; test_plan_rules.py is their unit test)
     "provisioner/plan.py": ["tests/test_plan_rules.py"],

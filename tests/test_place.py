@@ -221,3 +221,29 @@ def test_place_reports_a_failed_move(tmp_path: Path, target: Path) -> None:
         place.place(target, ENTRY, tmp_path / "no-such.part")
     assert caught.value.path == str(target / ENTRY.path)
     assert not (target / ENTRY.path).exists()
+
+
+def test_place_fsyncs_the_folder_unless_told_the_caller_will(tmp_path: Path, target: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr(place.fsutil, "fsync_dir", lambda path: synced.append(Path(path)))
+    final = place.place(target, FileEntry("a/x.bin", 4), part_file(tmp_path, b"abcd"))
+    assert final == target / "a" / "x.bin" and synced == [target / "a"]  # durable rename by default
+    synced.clear()
+    assert place.place(target, FileEntry("a/y.bin", 4), part_file(tmp_path, b"efgh"), sync_dir=False) == target / "a" / "y.bin"
+    assert synced == []  # left to sync_dirs
+
+
+def test_sync_dirs_fsyncs_each_folder_once(target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr(place.fsutil, "fsync_dir", lambda path: synced.append(Path(path)))
+    finals = [target / "a" / "1", target / "a" / "2", target / "b" / "c" / "3", target / "4"]
+    assert place.sync_dirs(finals) == 3
+    assert synced == sorted([target / "a", target / "b" / "c", target])
+    assert place.sync_dirs([]) == 0
+
+
+def test_sync_dirs_reports_a_folder_that_cannot_be_synced(target: Path) -> None:
+    with pytest.raises(LocalIOError) as info:
+        place.sync_dirs([target / "missing" / "file"])
+    assert info.value.path == str(target / "missing") and "cannot fsync" in str(info.value)
