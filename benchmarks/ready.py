@@ -104,14 +104,18 @@ def p9(b: Any, report: Any, row: Any, *, before: Path | None = None) -> None:
 
         mp_wall = _median([w for w, _ in out["mp"]])
         seed_wall = _median([w for w, _ in out["seed"]])
-        gap = _median([g for _, g in out["mp"] if g is not None])
         download = total / cap
-        due = download > 6.0  # the imports (~5-8 s) fit inside the transfer: the target applies
-        ok = None if not due else (gap is not None and gap <= TARGET_GAP and not fails["mp"])
+        # The target applies to runs whose child finished its imports before the last byte (idle > 0):
+        # on a loaded machine the imports can outlast even the 10 MiB/s transfer, and then they are paid after it.
+        fit = [g for (_, g), c in zip(out["mp"], child, strict=False)
+               if g is not None and (c.get("idle_before_go_seconds") or 0) > 0]
+        due = download > 6.0 and bool(fit)
+        ok = None if not due else (max(fit) <= TARGET_GAP and not fails["mp"])
         imports = _median([c["import_seconds"] for c in child if c.get("import_seconds") is not None])
         idle = _median([c["idle_before_go_seconds"] for c in child if c.get("idle_before_go_seconds") is not None])
         note = (f"transfer ≈ {download:.1f} s; the early child's imports {_fmt(imports)}, "
-                f"idle before go {_fmt(idle)}")
+                f"idle before go {_fmt(idle)}; runs whose imports ended before the last byte: {len(fit)}/"
+                f"{len(child)}" + (f", their last byte → ready ≤ {_fmt(max(fit))}" if fit else ""))
         if before is not None:
             note += f"; before ({before}): {_cell(out, fails, 'before')}"
         report.rows.append(row(
@@ -119,7 +123,7 @@ def p9(b: Any, report: Any, row: Any, *, before: Path | None = None) -> None:
             f"snapshot_download + SentenceTransformer(dir), cap {cap // MiB} MiB/s",
             _cell(out, fails, "mp"), "—", _cell(out, fails, "seed"),
             "—" if mp_wall is None or not seed_wall else f"{mp_wall / seed_wall:.2f}×",
-            f"last byte → ready ≤ {TARGET_GAP:g} s" if due else "(info: transfer shorter than the imports)",
+            f"last byte → ready ≤ {TARGET_GAP:g} s" if due else "(info: the imports outlasted the transfer)",
             "n/a" if ok is None else ("met" if ok else "**MISSED**"), note=note))
     report.raw["P9"] = raw
 
