@@ -85,7 +85,7 @@ def p9(b: Any, report: Any, row: Any, *, before: Path | None = None) -> None:
         child: list[dict[str, Any]] = []  # the early child's import / idle timings (this tree's runs)
         for i in range(b.s.runs):
             for tool in tools[i % len(tools):] + tools[:i % len(tools)]:
-                target = b.fresh_dir(f"P9-{tool}")
+                target = b.fresh_dir(f"P11-{tool}")
                 spec = _spec(b, tool, target, before=before)
                 r = b.run_one(spec, timeout=b.timeout_for(total, cap) + 120, size=size)
                 gap = r.wall - r.last_byte if r.last_byte is not None else None
@@ -104,14 +104,18 @@ def p9(b: Any, report: Any, row: Any, *, before: Path | None = None) -> None:
 
         mp_wall = _median([w for w, _ in out["mp"]])
         seed_wall = _median([w for w, _ in out["seed"]])
-        gap = _median([g for _, g in out["mp"] if g is not None])
         download = total / cap
-        due = download > 6.0  # the imports (~5-8 s) fit inside the transfer: the target applies
-        ok = None if not due else (gap is not None and gap <= TARGET_GAP and not fails["mp"])
+        # The target applies to runs whose child finished its imports before the last byte (idle > 0):
+        # on a loaded machine the imports can outlast even the 10 MiB/s transfer, and then they are paid after it.
+        fit = [g for (_, g), c in zip(out["mp"], child, strict=False)
+               if g is not None and (c.get("idle_before_go_seconds") or 0) > 0]
+        due = download > 6.0 and bool(fit)
+        ok = None if not due else (max(fit) <= TARGET_GAP and not fails["mp"])
         imports = _median([c["import_seconds"] for c in child if c.get("import_seconds") is not None])
         idle = _median([c["idle_before_go_seconds"] for c in child if c.get("idle_before_go_seconds") is not None])
         note = (f"transfer ≈ {download:.1f} s; the early child's imports {_fmt(imports)}, "
-                f"idle before go {_fmt(idle)}")
+                f"idle before go {_fmt(idle)}; runs whose imports ended before the last byte: {len(fit)}/"
+                f"{len(child)}" + (f", their last byte → ready ≤ {_fmt(max(fit))}" if fit else ""))
         if before is not None:
             note += f"; before ({before}): {_cell(out, fails, 'before')}"
         report.rows.append(row(
@@ -119,7 +123,7 @@ def p9(b: Any, report: Any, row: Any, *, before: Path | None = None) -> None:
             f"snapshot_download + SentenceTransformer(dir), cap {cap // MiB} MiB/s",
             _cell(out, fails, "mp"), "—", _cell(out, fails, "seed"),
             "—" if mp_wall is None or not seed_wall else f"{mp_wall / seed_wall:.2f}×",
-            f"last byte → ready ≤ {TARGET_GAP:g} s" if due else "(info: transfer shorter than the imports)",
+            f"last byte → ready ≤ {TARGET_GAP:g} s" if due else "(info: the imports outlasted the transfer)",
             "n/a" if ok is None else ("met" if ok else "**MISSED**"), note=note))
     report.raw["P11"] = raw
 
@@ -148,10 +152,10 @@ def _child_timings(target: Path) -> dict[str, Any]:
 
 def _spec(b: Any, tool: str, target: Path, *, before: Path | None) -> Any:
     if tool == "seed":
-        spec = b.spec("seed", REPO_ID, target, name="P9-seed")
+        spec = b.spec("seed", REPO_ID, target, name="P11-seed")
         spec.argv = [sys.executable, "-c", SEED_ST_CODE, REPO_ID, str(target)]
         return spec
-    spec = b.spec("mp", REPO_ID, target, verify="full", name=f"P9-{tool}")
+    spec = b.spec("mp", REPO_ID, target, verify="full", name=f"P11-{tool}")
     if tool == "before" and before is not None:
         spec.env["PYTHONPATH"] = os.pathsep.join([str(before), str(before / "emulator")])
     return spec
