@@ -94,6 +94,11 @@ def build_plan(ctx: RunContext) -> Plan:
     if commit is None:
         commit = _checked_commit(metas.commit)
     entries = [entry_from_meta(m) for m in metas.files]
+    if config.require_digests:
+        bare = [e.path for e in entries if e.evidence == "size-only"]
+        if bare:
+            raise BadRemoteError(f"--require-digests: the hub gave no sha256 or git blob id for {len(bare)} file(s), "
+                                 f"e.g. {bare[0]!r}")
     check_no_conflicts(entries)
     entries = select_files(entries, include=config.include, exclude=config.exclude)
     if not entries:
