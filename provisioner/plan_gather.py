@@ -57,10 +57,9 @@ def gather_metadata(ctx: RunContext, *, info: Any, commit: str | None) -> Gather
         return call_with_retries(fn, ctx=ctx, what=what, repo_id=config.repo_id, revision=config.revision)
 
     if siblings is None or any(not m.complete for m in metas.values()):
-        tree = _optional(lambda: call(lambda: [e for e in api.list_repo_tree(config.repo_id, revision=rev,
-                                                                             recursive=True)
-                                               if getattr(e, "size", None) is not None or
-                                               type(e).__name__ == "RepoFile"], "tree"))
+        tree = _optional(lambda: call(lambda: _not_offered(lambda: [
+            e for e in api.list_repo_tree(config.repo_id, revision=rev, recursive=True)
+            if type(e).__name__ == "RepoFile"]), "tree"))
         if tree:
             if len(tree) > MAX_FILES:
                 raise BadRemoteError(f"the hub listed {len(tree)} files; refusing more than {MAX_FILES}")
@@ -76,8 +75,8 @@ def gather_metadata(ctx: RunContext, *, info: Any, commit: str | None) -> Gather
     lacking = sorted(p for p, m in metas.items() if not m.complete)
     for i in range(0, len(lacking), PATHS_INFO_BATCH):
         batch = lacking[i:i + PATHS_INFO_BATCH]
-        got = _optional(lambda b=batch: call(lambda: api.get_paths_info(config.repo_id, b, revision=rev),
-                                             "paths-info"))
+        got = _optional(lambda b=batch: call(lambda: _not_offered(
+            lambda: api.get_paths_info(config.repo_id, b, revision=rev)), "paths-info"))
         entries = [e for e in (got or []) if type(e).__name__ == "RepoFile"]
         reports = listing_reports_lfs(entries)
         for e in entries:
@@ -114,6 +113,24 @@ def _head(ctx: RunContext, *, api_endpoint: str, path: str, rev: str, call: Any)
     except NotFoundError:  # the listing named a file the hub does not serve: the hub contradicts itself
         raise BadRemoteError(f"the hub listed {path!r} but does not serve it") from None
     return md.size, md.etag, md.commit_hash
+
+
+NOT_OFFERED = (404, 405, 501)  # statuses by which a hub says it has no such endpoint
+
+
+def _not_offered(fn: Any) -> Any:
+    """Run one API call; an endpoint the hub does not have answers None (before the retry classifier,
+    which would count a 501 as transient and retry it for the whole budget)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return fn()
+    except HfHubHTTPError as exc:  # only "no such endpoint" is absorbed; the rest is classified as usual
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in NOT_OFFERED:
+            log.info("metadata source not offered (HTTP %s)", status)
+            return None
+        raise
 
 
 def _optional(fn: Any) -> Any:

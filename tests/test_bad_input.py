@@ -86,6 +86,11 @@ def _handler(fake: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             with fake.lock:
                 fake.requests.append((self.command, path, dict(self.headers.items())))
+            if path.startswith("/api/") and ("/tree/" in path or path.endswith("/paths-info")):
+                self.send_response(404)  # this fake offers model_info only: the planner's later sources skip it
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if path.startswith("/api/"):
                 body = fake.info_bytes()
                 self.send_response(fake.info_status)
@@ -324,7 +329,8 @@ def test_unsafe_path_exits_9_and_writes_nothing(fake_hub: FakeHub, tmp_path: Pat
 
 
 # ---- absurd sizes and malformed JSON: exit 9 --------------------------------------------------------
-ABSURD_SIZES: list[Any] = [-1, MAX_FILE_SIZE + 1, 2**64, 2**200, 1.5, "12", True, None, [1], {"n": 1}]
+# (None is not here: a missing size is incomplete metadata, asked of the next source, not a malformed one.)
+ABSURD_SIZES: list[Any] = [-1, MAX_FILE_SIZE + 1, 2**64, 2**200, 1.5, "12", True, [1], {"n": 1}]
 
 
 @pytest.mark.parametrize("size", ABSURD_SIZES, ids=[repr(s)[:20] for s in ABSURD_SIZES])
@@ -573,3 +579,26 @@ def test_property_planner_answers_any_listing_safely(fake_hub_server: FakeHub, t
         raise AssertionError(f"malformed listing gave {type(exc).__name__} (exit {exc.exit_code}), not exit 9: "
                              f"{exc}") from None
     _check_plan(plan, tmp_path / "m")
+
+
+def test_name_only_listing_is_completed_by_head_not_refused(fake_hub: FakeHub, tmp_path: Path) -> None:
+    """Missing metadata is not malformed: a name-only sibling gets its size and digest from the HEAD."""
+    fake_hub.files = {"a.txt": b"hello"}
+    fake_hub.info = info_for([{"rfilename": "a.txt"}])
+    plan = plan_with(fake_hub, tmp_path)
+    assert [(f.path, f.size, f.blob_sha1, f.evidence) for f in plan.files] == [
+        ("a.txt", 5, blob_sha1(b"hello"), "git-sha1")]
+
+
+def test_head_that_contradicts_the_listed_size_is_bad_remote(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.files = {"a.txt": b"hello"}
+    fake_hub.info = info_for([{"rfilename": "a.txt", "size": 99}])  # no digest: the HEAD is asked, and lies
+    with pytest.raises(BadRemoteError, match="two sizes"):
+        plan_with(fake_hub, tmp_path)
+
+
+def test_html_answer_on_the_api_exits_9_with_one_line(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.info = "<html><body>mirror front page</body></html>"  # type: ignore[assignment]
+    with pytest.raises(BadRemoteError) as info:
+        plan_with(fake_hub, tmp_path)
+    assert "\n" not in str(info.value)
