@@ -207,7 +207,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("repo-id", "../etc"), ("repo-id", "a b/c"), ("repo-id", ""), ("repo-id", "org/name/extra"),
     ("revision", "../main"), ("revision", "a b"), ("revision", ""), ("revision", "/abs"),
     ("endpoint", "ftp://hub"), ("endpoint", "not a url"), ("endpoint", ""),
-    ("engine", "curl"), ("verify", "maybe"), ("reverify", "sometimes"),
+    ("engine", "curl"), ("verify", "maybe"), ("reverify", "sometimes"), ("require-digests", "perhaps"),
     ("connect-timeout", "0"), ("connect-timeout", "-1"), ("connect-timeout", "abc"),
     ("stall-timeout", "nan"), ("stall-timeout", "inf"), ("api-timeout", ""),
     ("retry-budget", "-5"), ("backoff-max", "0"),
