@@ -602,3 +602,21 @@ def test_html_answer_on_the_api_exits_9_with_one_line(fake_hub: FakeHub, tmp_pat
     with pytest.raises(BadRemoteError) as info:
         plan_with(fake_hub, tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_no_digest_anywhere_is_size_only_or_refused_with_require_digests(fake_hub: FakeHub, tmp_path: Path) -> None:
+    import dataclasses
+
+    from provisioner.config import Config
+
+    fake_hub.files = {"a.txt": b"hello"}
+    fake_hub.omit = {"ETag"}
+    fake_hub.info = info_for([{"rfilename": "a.txt"}])
+    assert [f.evidence for f in plan_with(fake_hub, tmp_path).files] == ["size-only"]
+    cfg = dataclasses.replace(Config(repo_id=REPO, endpoint=fake_hub.url, target=str(tmp_path / "m"), include=(),
+                                     exclude=(), retry_budget=0.5, backoff_max=0.05, api_timeout=5,
+                                     connect_timeout=2, listen="", kube="off"), require_digests=True)
+    with pytest.raises(BadRemoteError, match="--require-digests") as info:
+        build_plan(RunContext(config=cfg, tracker=Tracker(repo_id=REPO, revision=cfg.revision),
+                              budget=RetryBudget(cfg.retry_budget), stop=threading.Event()))
+    assert "\n" not in str(info.value)
