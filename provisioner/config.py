@@ -228,6 +228,9 @@ SETTINGS: tuple[Setting, ...] = (
             commands=("run", "verify", "demo")),
     Setting("reverify", "reverify", _bool("reverify"), "false",
             "Ignore a valid ready marker and re-hash every file.", is_flag=True),
+    Setting("require-digests", "require_digests", _bool("require-digests"), "false",
+            "Refuse (exit 9, before downloading) a file the hub gives no sha256 or git blob id for, instead of "
+            "checking it by size only.", is_flag=True),
     Setting("reference-embeddings", "reference_embeddings", _existing_file("reference-embeddings"), "",
             "JSON file `{\"sentences\": [...], \"embeddings\": [[...]], \"tolerance\": 1e-3}` the smoke test must reproduce.",
             commands=("run", "verify")),
@@ -309,6 +312,7 @@ class Config:
     engine: str = "native"
     verify: str = "full"
     reverify: bool = False
+    require_digests: bool = False
     reference_embeddings: str = ""
     connect_timeout: float = 10.0
     header_timeout: float = 20.0

@@ -25,7 +25,14 @@ class FileEntry:
     @property
     def expected(self) -> str:
         """A short, stable identity of the expected content (used to key partial data)."""
-        return f"sha256:{self.sha256}" if self.sha256 else f"sha1:{self.blob_sha1}"
+        if self.sha256:
+            return f"sha256:{self.sha256}"
+        return f"sha1:{self.blob_sha1}" if self.blob_sha1 else f"size:{self.size}"
+
+    @property
+    def evidence(self) -> str:
+        """What verification can check: `sha256`, `git-sha1`, or `size-only` (the hub gave no digest)."""
+        return "sha256" if self.sha256 else "git-sha1" if self.blob_sha1 else "size-only"
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "size": self.size}
@@ -33,6 +40,7 @@ class FileEntry:
             d["sha256"] = self.sha256
         if self.blob_sha1:
             d["blob_sha1"] = self.blob_sha1
+        d["evidence"] = self.evidence
         return d
 
     @classmethod

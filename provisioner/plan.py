@@ -28,13 +28,14 @@ from .errors import (
 from .hubapi import classify_api_error
 from .hubclient import configure_api
 from .manifest import FileEntry, Plan
+from .plan_gather import gather_metadata
+from .plan_sources import MAX_FILE_SIZE, FileMeta, merge_sibling  # noqa: F401  (MAX_FILE_SIZE: re-exported)
 from .redact import redact
 from .retry import retry_step
 from .state.marker import STATE_DIR_NAME
 
 log = logging.getLogger("provisioner.plan")
 
-MAX_FILE_SIZE = 1 << 50  # 1 PiB: anything larger is a corrupt listing, not a model
 MAX_FILES = 100_000
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -87,13 +88,17 @@ def resolve_commit(ctx: RunContext) -> str:
 def build_plan(ctx: RunContext) -> Plan:
     config = ctx.config
     info = fetch_model_info(ctx, revision=config.revision)
-    commit = _checked_commit(getattr(info, "sha", None))
-    siblings = getattr(info, "siblings", None)
-    if siblings is None:
-        raise BadRemoteError(f"the hub listed no files for {config.repo_id}@{config.revision}")
-    if len(siblings) > MAX_FILES:
-        raise BadRemoteError(f"the hub listed {len(siblings)} files; refusing more than {MAX_FILES}")
-    entries = [entry_from_sibling(s) for s in siblings]
+    sha = getattr(info, "sha", None)
+    commit = _checked_commit(sha) if sha is not None else None
+    metas = gather_metadata(ctx, info=info, commit=commit)
+    if commit is None:
+        commit = _checked_commit(metas.commit)
+    entries = [entry_from_meta(m) for m in metas.files]
+    if config.require_digests:
+        bare = [e.path for e in entries if e.evidence == "size-only"]
+        if bare:
+            raise BadRemoteError(f"--require-digests: the hub gave no sha256 or git blob id for {len(bare)} file(s), "
+                                 f"e.g. {bare[0]!r}")
     check_no_conflicts(entries)
     entries = select_files(entries, include=config.include, exclude=config.exclude)
     if not entries:
@@ -102,6 +107,13 @@ def build_plan(ctx: RunContext) -> Plan:
             f"exclude={list(config.exclude)}", repo_id=config.repo_id, revision=config.revision)
     return Plan(repo_id=config.repo_id, revision=config.revision, commit=commit, endpoint=config.endpoint,
                 files=tuple(sorted(entries, key=lambda e: e.path)))
+
+
+def entry_from_meta(m: FileMeta) -> FileEntry:
+    if m.size is None:
+        raise BadRemoteError(f"invalid or absurd size for {m.path!r}: no source gave one")
+    return FileEntry(path=m.path, size=m.size, sha256=m.sha256,
+                     blob_sha1=m.blob_sha1 if m.sha256 is None or m.blob_sha1 else None)
 
 
 def _checked_commit(sha: object) -> str:
@@ -142,26 +154,13 @@ def check_no_conflicts(entries: Iterable[FileEntry]) -> None:
 
 
 def entry_from_sibling(s: Any) -> FileEntry:
-    path = safe_repo_path(getattr(s, "rfilename", None))
-    size = getattr(s, "size", None)
-    lfs = getattr(s, "lfs", None)
-    sha256: str | None = None
-    if lfs is not None:
-        sha256 = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
-        lfs_size = lfs.get("size") if isinstance(lfs, dict) else getattr(lfs, "size", None)
-        if size is None:
-            size = lfs_size
-        if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
-            raise BadRemoteError(f"invalid LFS sha256 for {path!r}", detail=repr(sha256)[:100])
-    blob = getattr(s, "blob_id", None)
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_SIZE:
-        raise BadRemoteError(f"invalid or absurd size for {path!r}: {size!r}")
-    if sha256 is None:
-        if not isinstance(blob, str) or not _SHA1_RE.match(blob):
-            raise BadRemoteError(f"no usable hash for {path!r} (no LFS sha256, blob id {blob!r})")
-        return FileEntry(path=path, size=size, blob_sha1=blob)
-    return FileEntry(path=path, size=size, sha256=sha256,
-                     blob_sha1=blob if isinstance(blob, str) and _SHA1_RE.match(blob) else None)
+    """One complete model_info sibling as a plan entry (incomplete ones are BadRemoteError here)."""
+    meta = FileMeta(path=safe_repo_path(getattr(s, "rfilename", None)))
+    merge_sibling(meta, s)
+    if not meta.complete:
+        raise BadRemoteError(f"invalid or absurd size for {meta.path!r}: {meta.size!r}"
+                             if meta.size is None else f"no usable hash for {meta.path!r}")
+    return entry_from_meta(meta)
 
 
 def select_files(entries: Iterable[FileEntry], *, include: tuple[str, ...],

@@ -14,3 +14,11 @@ echo "install-python: model-provisioner[$extras]" >&2
 "$py" -m pip install -q --disable-pip-version-check -e "$repo_root[$extras]"
 echo "install-python: model-provisioner-hub-emulator" >&2
 "$py" -m pip install -q --disable-pip-version-check -e "$repo_root/emulator"
+# olah, a third-party Hugging Face mirror server, in its own venv (its FastAPI/uvicorn pins stay out of
+# the project's environment); tests/test_real_mirror.py runs it offline on loopback.
+olah_venv="$repo_root/.tools/olah-venv"
+if [ ! -x "$olah_venv/bin/olah-cli" ]; then
+    echo "install-python: olah (real HF mirror for the tests, in .tools/olah-venv)" >&2
+    "$py" -m venv "$olah_venv"
+    "$olah_venv/bin/pip" install -q --disable-pip-version-check olah==0.5.4
+fi

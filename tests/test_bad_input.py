@@ -88,6 +88,11 @@ def _handler(fake: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             with fake.lock:
                 fake.requests.append((self.command, path, dict(self.headers.items())))
+            if path.startswith("/api/") and ("/tree/" in path or path.endswith("/paths-info")):
+                self.send_response(404)  # this fake offers model_info only: the planner's later sources skip it
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if path.startswith("/api/"):
                 body = fake.info_bytes()
                 self.send_response(fake.info_status)
@@ -204,7 +209,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("repo-id", "../etc"), ("repo-id", "a b/c"), ("repo-id", ""), ("repo-id", "org/name/extra"),
     ("revision", "../main"), ("revision", "a b"), ("revision", ""), ("revision", "/abs"),
     ("endpoint", "ftp://hub"), ("endpoint", "not a url"), ("endpoint", ""),
-    ("engine", "curl"), ("verify", "maybe"), ("reverify", "sometimes"),
+    ("engine", "curl"), ("verify", "maybe"), ("reverify", "sometimes"), ("require-digests", "perhaps"),
     ("connect-timeout", "0"), ("connect-timeout", "-1"), ("connect-timeout", "abc"),
     ("stall-timeout", "nan"), ("stall-timeout", "inf"), ("api-timeout", ""),
     ("retry-budget", "-5"), ("backoff-max", "0"),
@@ -350,7 +355,8 @@ def test_unsafe_path_exits_9_and_writes_nothing(fake_hub: FakeHub, tmp_path: Pat
 
 
 # ---- absurd sizes and malformed JSON: exit 9 --------------------------------------------------------
-ABSURD_SIZES: list[Any] = [-1, MAX_FILE_SIZE + 1, 2**64, 2**200, 1.5, "12", True, None, [1], {"n": 1}]
+# (None is not here: a missing size is incomplete metadata, asked of the next source, not a malformed one.)
+ABSURD_SIZES: list[Any] = [-1, MAX_FILE_SIZE + 1, 2**64, 2**200, 1.5, "12", True, [1], {"n": 1}]
 
 
 @pytest.mark.parametrize("size", ABSURD_SIZES, ids=[repr(s)[:20] for s in ABSURD_SIZES])
@@ -629,7 +635,8 @@ def valid_listings(draw: st.DrawFn) -> tuple[dict[str, Any], list[FileEntry]]:
         if draw(st.booleans()):
             sha = draw(hex_of(64))
             sib["lfs"] = {"sha256": sha, "size": size, "pointerSize": draw(st.integers(100, 200))}
-            expected.append(FileEntry(path, size, sha256=sha, blob_sha1=blob))
+            # an LFS file's blobId names its pointer, not its bytes: the plan keeps only the sha256
+            expected.append(FileEntry(path, size, sha256=sha))
         else:
             expected.append(FileEntry(path, size, blob_sha1=blob))
         siblings.append(sib)
@@ -680,3 +687,42 @@ def test_property_one_defect_makes_a_listing_bad_remote(fake_hub_server: FakeHub
         plan_with(fake_hub_server, tmp_path)
     assert caught.value.exit_code == ExitCode.BAD_REMOTE == 9
     assert str(caught.value) and "\n" not in str(caught.value)
+def test_name_only_listing_is_completed_by_head_not_refused(fake_hub: FakeHub, tmp_path: Path) -> None:
+    """Missing metadata is not malformed: a name-only sibling gets its size and digest from the HEAD."""
+    fake_hub.files = {"a.txt": b"hello"}
+    fake_hub.info = info_for([{"rfilename": "a.txt"}])
+    plan = plan_with(fake_hub, tmp_path)
+    assert [(f.path, f.size, f.blob_sha1, f.evidence) for f in plan.files] == [
+        ("a.txt", 5, blob_sha1(b"hello"), "git-sha1")]
+
+
+def test_head_that_contradicts_the_listed_size_is_bad_remote(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.files = {"a.txt": b"hello"}
+    fake_hub.info = info_for([{"rfilename": "a.txt", "size": 99}])  # no digest: the HEAD is asked, and lies
+    with pytest.raises(BadRemoteError, match="two sizes"):
+        plan_with(fake_hub, tmp_path)
+
+
+def test_html_answer_on_the_api_exits_9_with_one_line(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.info = "<html><body>mirror front page</body></html>"  # type: ignore[assignment]
+    with pytest.raises(BadRemoteError) as info:
+        plan_with(fake_hub, tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_no_digest_anywhere_is_size_only_or_refused_with_require_digests(fake_hub: FakeHub, tmp_path: Path) -> None:
+    import dataclasses
+
+    from provisioner.config import Config
+
+    fake_hub.files = {"a.txt": b"hello"}
+    fake_hub.omit = {"ETag"}
+    fake_hub.info = info_for([{"rfilename": "a.txt"}])
+    assert [f.evidence for f in plan_with(fake_hub, tmp_path).files] == ["size-only"]
+    cfg = dataclasses.replace(Config(repo_id=REPO, endpoint=fake_hub.url, target=str(tmp_path / "m"), include=(),
+                                     exclude=(), retry_budget=0.5, backoff_max=0.05, api_timeout=5,
+                                     connect_timeout=2, listen="", kube="off"), require_digests=True)
+    with pytest.raises(BadRemoteError, match="--require-digests") as info:
+        build_plan(RunContext(config=cfg, tracker=Tracker(repo_id=REPO, revision=cfg.revision),
+                              budget=RetryBudget(cfg.retry_budget), stop=threading.Event()))
+    assert "\n" not in str(info.value)

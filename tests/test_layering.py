@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("state",),  # marker, lock, layout, fsutil: what the volume remembers
     ("hubapi", "hubclient"),  # talking to huggingface_hub / the hub's HTTP errors
     ("verify.checksums", "verify.model_files"),  # digests and model files: fetch hashes while streaming
-    ("plan",),
+    ("plan", "plan_sources", "plan_gather"),
     ("fetch",),
     ("place",),
     ("verify",),  # the verify stage proper: smoke test, checksum + refetch policy

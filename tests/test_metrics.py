@@ -99,6 +99,7 @@ def test_labels_are_repo_and_revision_plus_the_documented_extras() -> None:
               "model_provisioner_mirror_failures_total": {"reason"},
               "model_provisioner_verification_duration_seconds": {"kind"},
               "model_provisioner_verification_ok": {"kind"},
+              "model_provisioner_files_by_evidence": {"evidence"},
               "model_provisioner_build_info": {"version", "python", "huggingface_hub"}}
     for name, samples in scrape(t).items():
         for labels, _ in samples:
@@ -130,6 +131,8 @@ def test_progress_gauges_follow_the_tracker() -> None:
     assert value(s, "model_provisioner_downloaded_bytes_total") == 800
     assert value(s, "model_provisioner_progress_ratio") == pytest.approx(0.25)
     assert value(s, "model_provisioner_files") == 2
+    assert value(s, "model_provisioner_files_by_evidence", evidence="git-sha1") == 2  # make_plan: blob ids for .bin
+    assert value(s, "model_provisioner_files_by_evidence", evidence="sha256") == 0
     assert value(s, "model_provisioner_files_done") == 1
     assert value(s, "model_provisioner_ready") == 0
 

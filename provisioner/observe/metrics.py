@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import platform
 import socket
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from typing import Any
@@ -45,8 +46,9 @@ VERIFICATION_KINDS: tuple[str, ...] = ("checksums", "embedding")
 # Every metric name (without the counter `_total` / info `_info` suffix added by the families).
 METRIC_NAMES: tuple[str, ...] = (
     "build_info", "phase", "downloaded_bytes_total", "expected_bytes", "on_disk_bytes", "files",
-    "files_done", "progress_ratio", "download_speed_bytes_per_second", "eta_seconds", "retries_total",
-    "stalls_total", "source_bytes_total", "mirror_failures_total", "verification_duration_seconds", "verification_ok", "embedding_test_ok", "ready",
+    "files_by_evidence", "files_done", "progress_ratio", "download_speed_bytes_per_second", "eta_seconds",
+    "retries_total", "stalls_total", "source_bytes_total", "mirror_failures_total", "verification_duration_seconds",
+    "verification_ok", "embedding_test_ok", "ready",
     "last_success_timestamp_seconds", "seconds_since_progress",
 )
 
@@ -178,6 +180,13 @@ def families(snap: Mapping[str, Any], *, build: Mapping[str, str]) -> list[Metri
     if smoke is not None:
         embedding.add_metric(lv, 1.0 if smoke.get("ok") else 0.0)
     out.append(embedding)
+
+    evidence = _gauge("files_by_evidence", "Planned files by what verification checks (sha256, git-sha1, or size-only "
+                      "where the hub gave no digest).", labels=[*_LABELS, "evidence"])
+    counts = Counter(f.get("evidence", "size-only") for f in snap["files"])
+    for level in ("sha256", "git-sha1", "size-only"):
+        evidence.add_metric([*lv, level], float(counts.get(level, 0)))
+    out.append(evidence)
 
     ready = _gauge("ready", "1 when the model is verified and the ready marker written.")
     ready.add_metric(lv, 1.0 if snap["ready"] else 0.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -63,6 +63,7 @@ class FileProgress:
     done: int = 0  # bytes of this file on disk (resumed + received)
     state: str = "pending"  # pending, downloading, done, skipped
     source: str | None = None  # where the bytes came from: "hub" or a mirror URL (None: already on disk)
+    evidence: str = "size-only"  # what verification checks: sha256, git-sha1 or size-only (FileEntry.evidence)
 
 
 SPEED_WINDOW_SECONDS = 10.0
@@ -129,11 +130,13 @@ class Tracker:
         on_disk = on_disk or {}
         with self._lock:
             self.commit = plan.commit
-            self.files = {f.path: FileProgress(f.path, f.size, min(on_disk.get(f.path, 0), f.size)) for f in plan.files}
+            self.files = {f.path: FileProgress(f.path, f.size, min(on_disk.get(f.path, 0), f.size),
+                                               evidence=f.evidence) for f in plan.files}
             self.bytes_total = plan.total_bytes
             self.bytes_on_disk = sum(fp.done for fp in self.files.values())
+        evidence = Counter(f.evidence for f in plan.files)
         self._emit(EventKind.PLAN, commit=plan.commit, files=len(plan.files), bytes_total=plan.total_bytes,
-                   bytes_on_disk=self.bytes_on_disk)
+                   bytes_on_disk=self.bytes_on_disk, evidence=dict(sorted(evidence.items())))
 
     def file_started(self, path: str, *, offset: int) -> None:
         """A transfer of `path` begins (or resumes) with `offset` bytes already on disk."""
@@ -274,7 +277,7 @@ class Tracker:
                 "files_total": len(self.files),
                 "files_done": sum(1 for f in self.files.values() if f.state in ("done", "skipped")),
                 "files": [
-                    {"path": f.path, "size": f.size, "done": f.done, "state": f.state,
+                    {"path": f.path, "size": f.size, "done": f.done, "state": f.state, "evidence": f.evidence,
                      **({"source": f.source} if f.source else {})}
                     for f in self.files.values()
                 ],

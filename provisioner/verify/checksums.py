@@ -49,7 +49,7 @@ class Hasher:
 
 def wanted_digests(entry: FileEntry) -> tuple[bool, bool]:
     """(sha256, blob_sha1): the one digest `matches` compares for this entry."""
-    return bool(entry.sha256), not entry.sha256
+    return bool(entry.sha256), bool(entry.blob_sha1) and not entry.sha256
 
 
 def hash_file(path: Path, *, size: int | None = None, limit: int | None = None, sha256: bool = True,
@@ -76,7 +76,7 @@ def matches(entry: FileEntry, digests: Digests) -> bool:
         return bool(digests.sha256) and digests.sha256 == entry.sha256
     if entry.blob_sha1:
         return bool(digests.blob_sha1) and digests.blob_sha1 == entry.blob_sha1
-    return False  # nothing to check against (or nothing computed): never claim it verified
+    return True  # size-only evidence (the hub gave no digest): the size, checked above, is all there is
 
 
 def mismatch_detail(entry: FileEntry, digests: Digests) -> tuple[str, str]:
@@ -85,4 +85,6 @@ def mismatch_detail(entry: FileEntry, digests: Digests) -> tuple[str, str]:
         return f"size {entry.size}", f"size {digests.size}"
     if entry.sha256:
         return f"sha256 {entry.sha256}", f"sha256 {digests.sha256}"
-    return f"git-sha1 {entry.blob_sha1}", f"git-sha1 {digests.blob_sha1}"
+    if entry.blob_sha1:
+        return f"git-sha1 {entry.blob_sha1}", f"git-sha1 {digests.blob_sha1}"
+    return f"size {entry.size}", f"size {digests.size}"

@@ -382,6 +382,10 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
 - name: PROVISIONER_OFFLINE
   value: "true"
 {{- end }}
+{{- if $m.requireDigests }}
+- name: PROVISIONER_REQUIRE_DIGESTS
+  value: "true"
+{{- end }}
 {{- with $m.token.existingSecret }}
 {{- if eq $m.token.as "env" }}
 - name: HF_TOKEN
