@@ -107,6 +107,8 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
     readers_dir = layout.model_dir(target=root, revision=cfg.revision, layout=cfg.layout)
     clock = _Clock()
     place.check_state_dir(root)
+    if cfg.offline:  # air-gapped: the planner (and so the network) is never reached
+        return _result_from_marker(ctx, warm.offline_marker(ctx, target=readers_dir), target=readers_dir, clock=clock, waited_for=None)
     if not cfg.reverify:
         served = warm.usable_marker(ctx, target=readers_dir)  # read-only: a read-only volume is served as is
         if served is not None:

@@ -196,8 +196,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("endpoint", "endpoint", _url("endpoint", allow_empty=False), DEFAULT_ENDPOINT,
             "Hub or mirror URL.", extra_env=("HF_ENDPOINT",)),
     Setting("token-file", "token_file", lambda s: s.strip(), "",
-            "File holding the HF token (e.g. a mounted Secret). Otherwise `HF_TOKEN` is used. "
+            "File holding the HF token (e.g. a mounted Secret). Otherwise `HF_TOKEN` is used, then the file "
+            "`HF_TOKEN_PATH` names. "
             "There is deliberately no --token flag: process arguments are visible to every user on the node."),
+    Setting("offline", "offline", _bool("offline"), "false",
+            "Air-gapped: never open a connection to the hub. Ready at once from a verified copy of the requested "
+            "revision (a branch is not re-checked); anything else exits with code 11.", is_flag=True,
+            extra_env=("HF_HUB_OFFLINE",)),
+    Setting("ca-bundle", "ca_bundle", _existing_file("ca-bundle"), "",
+            "PEM file of CA certificates to trust for the hub, the CDN and a TLS proxy (enterprise TLS "
+            "interception). Empty: the system/certifi store.", extra_env=("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")),
     Setting("engine", "engine", _choice("engine", ("native", "hub")), "native",
             "`native`: our resumable ranged engine. `hub`: huggingface_hub's snapshot_download (Xet-capable), "
             "wrapped with the same plan, retries, verification and marker.", choices=("native", "hub")),
@@ -213,9 +221,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("connect-timeout", "connect_timeout", _positive_float("connect-timeout"), "10",
             "Seconds to open a TCP/TLS connection."),
     Setting("stall-timeout", "stall_timeout", _positive_float("stall-timeout"), "60",
-            "Stall watchdog: seconds without a byte (headers or body) before the connection is dropped and resumed."),
+            "Stall watchdog: seconds without a byte (headers or body) before the connection is dropped and resumed.",
+            extra_env=("HF_HUB_DOWNLOAD_TIMEOUT",)),
     Setting("api-timeout", "api_timeout", _positive_float("api-timeout"), "30",
-            "Seconds for each hub API call (revision, file listing); huggingface_hub sets none."),
+            "Seconds for each hub API call (revision, file listing); huggingface_hub sets none.",
+            extra_env=("HF_HUB_ETAG_TIMEOUT",)),
     Setting("retry-budget", "retry_budget", _positive_float("retry-budget"), "900",
             "Seconds the run may go on failing without progress (backoff included) before it exits with code 7. "
             "Any received byte restarts the clock."),
@@ -277,6 +287,8 @@ class Config:
     exclude: tuple[str, ...] = tuple(DEFAULT_EXCLUDE.split(","))
     endpoint: str = DEFAULT_ENDPOINT
     token_file: str = ""
+    offline: bool = False
+    ca_bundle: str = ""
     engine: str = "native"
     verify: str = "full"
     reverify: bool = False
@@ -326,7 +338,7 @@ class Config:
             raw = args.get(s.attr)
             if raw is None:
                 for env_name in (s.env, *s.extra_env):
-                    if env_name in environ:
+                    if env_name in environ and (env_name == s.env or environ[env_name].strip()):  # empty HF_*: unset
                         raw = environ[env_name]
                         break
             if raw is None:
@@ -347,6 +359,12 @@ def read_token(*, token_file: str, environ: Mapping[str, str]) -> str | None:
             raise ConfigError(f"token-file: cannot read {token_file}: {exc.strerror}", setting="token-file") from None
         return token or None
     token = environ.get("HF_TOKEN", "").strip()
+    if not token and environ.get("HF_TOKEN_PATH", "").strip():  # huggingface_hub's order: HF_TOKEN, then the file
+        path = Path(environ["HF_TOKEN_PATH"].strip()).expanduser()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:  # a missing file named explicitly is a config problem, not a crash
+            raise ConfigError(f"HF_TOKEN_PATH: cannot read {path}: {exc.strerror}", setting="token-file") from None
     return token or None
 
 

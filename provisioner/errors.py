@@ -21,6 +21,8 @@ class ExitCode(IntEnum):
     LOCAL_IO = 8  # the target is not writable or another local I/O error
     BAD_REMOTE = 9  # the hub sent unsafe or malformed metadata (path traversal, bad JSON, absurd sizes)
     NOT_READY = 10  # `check`: no valid ready marker matching the files on disk
+    OFFLINE = 11  # offline (HF_HUB_OFFLINE / --offline) and no verified copy of the requested revision
+    TLS = 12  # the hub's (or proxy's) TLS certificate is not trusted: wrong or missing CA bundle
     # Signals: 128 + signal number (SIGINT 130, SIGTERM 143), as shells do.
 
 
@@ -117,6 +119,18 @@ class BadRemoteError(ProvisionerError):
     def __init__(self, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
         self.detail = detail
+
+
+class OfflineError(ProvisionerError):
+    """Offline mode and nothing usable on the volume: no connection is ever attempted."""
+
+    exit_code = ExitCode.OFFLINE
+
+
+class TLSError(ProvisionerError):
+    """A certificate the process does not trust: a configuration problem, never retried."""
+
+    exit_code = ExitCode.TLS
 
 
 class Interrupted(ProvisionerError):

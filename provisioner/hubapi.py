@@ -42,10 +42,15 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
 
 
-def transport_error(exc: BaseException, *, what: str) -> TransientError | None:
-    """An httpx2 transport failure as a retryable error with its reason label; None for anything else."""
+def transport_error(exc: BaseException, *, what: str) -> ProvisionerError | None:
+    """An httpx2 transport failure as a retryable error with its reason label (an untrusted certificate:
+    a permanent TLSError); None for anything else."""
     import httpx2
 
+    from .netconf import certificate_error
+
+    if isinstance(exc, httpx2.TransportError) and (tls := certificate_error(exc, what=what)) is not None:
+        return tls
     if isinstance(exc, httpx2.TimeoutException):
         return TransientError(f"{what} timed out ({type(exc).__name__})", reason="timeout")
     if isinstance(exc, httpx2.ConnectError):

@@ -14,13 +14,25 @@ from typing import Any
 
 from . import marker
 from .context import RunContext
-from .errors import Interrupted, NotFoundError, ProvisionerError, UnauthorizedError
+from .errors import Interrupted, NotFoundError, OfflineError, ProvisionerError, UnauthorizedError
 from .redact import redact
 from .retry import RetryBudget
 
 log = logging.getLogger("provisioner")
 
 REVISION_CHECK_MAX_SECONDS = 10.0  # don't hold a restart hostage to a flaky hub
+
+
+def offline_marker(ctx: RunContext, *, target: Path) -> dict[str, Any]:
+    """Offline: the verified copy of the requested revision, as is (a branch is not re-checked), or
+    OfflineError at once. Never opens a connection."""
+    cfg = ctx.config
+    check = marker.check_ready(target, repo_id=cfg.repo_id, revision=cfg.revision)
+    if check.ok and check.marker is not None:
+        log.info("offline: serving the verified copy %s@%s", cfg.repo_id, check.marker["commit"][:12])
+        return check.marker
+    raise OfflineError(f"offline (HF_HUB_OFFLINE / --offline) and no usable verified copy of "
+                       f"{cfg.repo_id}@{cfg.revision} in {target}: {check.reason or 'no ready marker'}")
 
 
 def usable_marker(ctx: RunContext, *, target: Path) -> dict[str, Any] | None:
