@@ -237,6 +237,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Parallel byte ranges for one large file (beats per-connection CDN caps)."),
     Setting("split-threshold", "split_threshold", _size("split-threshold"), "64MiB",
             "Files at least this large are fetched in parallel ranges."),
+    Setting("max-bytes-per-second", "max_bytes_per_second", _size("max-bytes-per-second"), "0",
+            "Bandwidth cap over all connections of the native engine, e.g. `50MiB` (0: unlimited). "
+            "`--engine hub` is not capped."),
     Setting("disk-headroom", "disk_headroom", _size("disk-headroom"), "16MiB",
             "Free space to keep on the target filesystem beyond what the download needs."),
     Setting("listen", "listen", _listen, "0.0.0.0:8080",
@@ -301,6 +304,7 @@ class Config:
     max_workers: int = 4
     connections_per_file: int = 4
     split_threshold: int = 64 << 20
+    max_bytes_per_second: int = 0
     disk_headroom: int = 16 << 20
     listen: str = "0.0.0.0:8080"
     mode: str = "init"
