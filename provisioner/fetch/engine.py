@@ -23,7 +23,7 @@ Design in brief (docs/design.md has the on-disk layout):
 Read top-down: `fetch_files` (files in parallel) -> `_Session.fetch_file` (one file, restarts) ->
 `_fetch_segments_parallel` / `_fetch_segment` (pieces, retries) -> `_stream_segment` (one response)
 -> `_consume` (the write loop). Imports context, errors, manifest, redact, retry, verify and this
-package's http, journal and frontier.
+package's http, journal, frontier and throttle (the bandwidth cap).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from ..verify.checksums import Digests, wanted_digests
 from .frontier import HashFrontier
 from .http import Aborted, HubHttp, Job, Restart, Retry, classify, make_client
 from .journal import Journal, layout_segments
+from .throttle import TokenBucket
 
 __all__ = ["FetchedFile", "fetch_files", "make_client"]
 
@@ -152,6 +153,8 @@ class _Session:
         self._jobs: set[Job] = set()
         self._jobs_lock = threading.Lock()
         self.aborted = threading.Event()
+        # one cap over all connections of this fetch (None: unlimited)
+        self.bucket = TokenBucket(config.max_bytes_per_second) if config.max_bytes_per_second else None
 
     # ---- abort ------------------------------------------------------------------------------
     def abort(self, *, hard: bool = False) -> None:
@@ -416,6 +419,10 @@ class _Session:
                 flush()
             if job.cancel.is_set():
                 break
+            if self.bucket is not None and (pause := self.bucket.reserve(len(piece))) > 0:
+                flush()  # what arrived is on disk before the pause
+                if job.cancel.wait(pause):  # the cap's pause; a stop/abort ends it early
+                    break
         flush()
         if job.cancel.is_set() or self.aborted.is_set():
             raise Aborted()
