@@ -217,6 +217,9 @@ SETTINGS: tuple[Setting, ...] = (
             "File holding the HF token (e.g. a mounted Secret). Otherwise `HF_TOKEN` is used. "
             "There is deliberately no --token flag: process arguments are visible to every user on the node. "
             "Then `HF_TOKEN_PATH` (huggingface_hub's token file), if that file exists."),
+    Setting("ca-bundle", "ca_bundle", _existing_file("ca-bundle"), "",
+            "PEM file of CA certificates to trust for the hub, the CDN and a TLS proxy (enterprise TLS "
+            "interception). Empty: the system/certifi store.", extra_env=("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")),
     Setting("engine", "engine", _choice("engine", ("native", "hub")), "native",
             "`native`: our resumable ranged engine. `hub`: huggingface_hub's snapshot_download (Xet-capable), "
             "wrapped with the same plan, retries, verification and marker.", choices=("native", "hub")),
@@ -256,6 +259,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Parallel byte ranges for one large file (beats per-connection CDN caps)."),
     Setting("split-threshold", "split_threshold", _size("split-threshold"), "64MiB",
             "Files at least this large are fetched in parallel ranges."),
+    Setting("max-bytes-per-second", "max_bytes_per_second", _size("max-bytes-per-second"), "0",
+            "Bandwidth cap over all connections of the native engine, e.g. `50MiB` (0: unlimited). "
+            "`--engine hub` is not capped."),
     Setting("disk-headroom", "disk_headroom", _size("disk-headroom"), "16MiB",
             "Free space to keep on the target filesystem beyond what the download needs."),
     Setting("listen", "listen", _listen, "0.0.0.0:9733",
@@ -309,6 +315,7 @@ class Config:
     mirrors: tuple[str, ...] = ()
     serve_listen: str = ""
     token_file: str = ""
+    ca_bundle: str = ""
     engine: str = "native"
     verify: str = "full"
     reverify: bool = False
@@ -323,6 +330,7 @@ class Config:
     max_workers: int = 4
     connections_per_file: int = 4
     split_threshold: int = 64 << 20
+    max_bytes_per_second: int = 0
     disk_headroom: int = 16 << 20
     listen: str = "0.0.0.0:9733"
     mode: str = "init"
@@ -360,7 +368,7 @@ class Config:
             raw = args.get(s.attr)
             if raw is None:
                 for env_name in (s.env, *s.extra_env):
-                    if env_name in environ:
+                    if env_name in environ and (env_name == s.env or environ[env_name].strip()):  # empty HF_*: unset
                         raw = environ[env_name]
                         break
             if raw is None:

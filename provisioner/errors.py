@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     BAD_REMOTE = 9  # the hub sent unsafe or malformed metadata (path traversal, bad JSON, absurd sizes)
     NOT_READY = 10  # `check`: no valid ready marker matching the files on disk
     OFFLINE = 11  # offline (--offline / HF_HUB_OFFLINE) and no verified copy of this repo and revision
+    TLS = 12  # the hub's (or proxy's) TLS certificate is not trusted: wrong or missing CA bundle
     # Signals: 128 + signal number (SIGINT 130, SIGTERM 143), as shells do.
 
 
@@ -128,6 +129,12 @@ class OfflineError(ProvisionerError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason  # why the volume's copy does not answer (the marker check's reason)
+
+
+class TLSError(ProvisionerError):
+    """A certificate the process does not trust: a configuration problem, never retried."""
+
+    exit_code = ExitCode.TLS
 
 
 class Interrupted(ProvisionerError):

@@ -42,10 +42,15 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
 
 
-def transport_error(exc: BaseException, *, what: str) -> TransientError | None:
-    """An httpx2 transport failure as a retryable error with its reason label; None for anything else."""
+def transport_error(exc: BaseException, *, what: str) -> ProvisionerError | None:
+    """An httpx2 transport failure as a retryable error with its reason label (an untrusted certificate:
+    a permanent TLSError); None for anything else."""
     import httpx2
 
+    from .netconf import certificate_error
+
+    if isinstance(exc, httpx2.TransportError) and (tls := certificate_error(exc, what=what)) is not None:
+        return tls
     if isinstance(exc, httpx2.TimeoutException):
         return TransientError(f"{what} timed out ({type(exc).__name__})", reason="timeout")
     if isinstance(exc, httpx2.ConnectError):
@@ -124,6 +129,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _request_url(exc: BaseException) -> str:
+    """The URL an httpx2 error was about ('' when it carries no request)."""
+    try:
+        return str(exc.request.url)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # no .request, or httpx2's "request not set" RuntimeError
+        return ""
+
+
 def _file_from_url(url: str) -> str | None:
     path = urlsplit(url).path
     if "/resolve/" not in path:
@@ -132,10 +145,29 @@ def _file_from_url(url: str) -> str | None:
     return unquote(tail.split("/", 1)[1]) if "/" in tail else None
 
 
+_XET_HINT = "set HF_HUB_DISABLE_XET=1 (plain HTTP downloads) or use --engine native, which never uses Xet"
+
+
+def _is_xet_url(url: str) -> bool:
+    """The Xet token endpoint (or a Xet CAS URL): its failures say nothing about the repo or the token."""
+    return "/xet-read-token/" in url or "/xet-write-token/" in url or ".xethub." in url
+
+
+def _xet_error(status: int | None, *, plan: Plan) -> ProvisionerError:
+    if status in (401, 403):
+        return UnauthorizedError(f"the Xet service refused access to {plan.repo_id} (HTTP {status}): {_XET_HINT}",
+                                 repo_id=plan.repo_id, status=status)
+    what = f"HTTP {status}" if status else "unreachable"
+    return TransientError(f"the Xet service is unavailable ({what}): {_XET_HINT}",
+                          reason="http_5xx" if status else "connect")
+
+
 def _classify_download_http(exc: hf_errors.HfHubHTTPError, *, plan: Plan) -> ProvisionerError:
     response = exc.response
     status = response.status_code
     url = str(response.request.url) if response.request is not None else ""
+    if _is_xet_url(url):
+        return _xet_error(status, plan=plan)
     from_cdn = bool(url) and origin(url) != origin(plan.endpoint)
     path = _file_from_url(url)
     known = _wrong_revision_or_gated(exc, status=status, repo_id=plan.repo_id, revision=plan.commit)
@@ -171,6 +203,8 @@ def classify_download_error(exc: BaseException, *, plan: Plan) -> ProvisionerErr
     for e in chain:
         transport = transport_error(e, what="download")
         if transport is not None:
+            if isinstance(transport, TransientError) and _is_xet_url(_request_url(e)):
+                return _xet_error(None, plan=plan)
             return transport
     for e in chain:
         if isinstance(e, hf_errors.XetDownloadError):

@@ -11,24 +11,27 @@ one model per process and these values come from that run's config.
   constant up on every download: setting the constant is the only way to apply our stall timeout
   (an idle timeout per socket read) without restarting the process.
 
-Imports config only; huggingface_hub and httpx2 are imported on first use.
+Imports config only (and ssl); huggingface_hub and httpx2 are imported on first use.
 """
 
 from __future__ import annotations
 
 import math
+import ssl
 import threading
+from typing import Any
 
 from .config import Config
 
 _client_lock = threading.Lock()
-_client_key: tuple[float, float] | None = None
+_client_key: tuple[float, float, str] | None = None
 
 
-def install_client(*, connect_timeout: float, api_timeout: float) -> None:
-    """Give huggingface_hub's shared client connect and read timeouts (a no-op if already these)."""
+def install_client(*, connect_timeout: float, api_timeout: float, ca_bundle: str = "") -> None:
+    """Give huggingface_hub's shared client connect and read timeouts and our CA bundle (a no-op if
+    already these). Proxies come from the environment (trust_env)."""
     global _client_key
-    key = (connect_timeout, api_timeout)
+    key = (connect_timeout, api_timeout, ca_bundle)
     with _client_lock:
         if _client_key == key:
             return
@@ -36,11 +39,15 @@ def install_client(*, connect_timeout: float, api_timeout: float) -> None:
         from huggingface_hub import set_client_factory
         from huggingface_hub.utils._http import hf_request_event_hook
 
+        verify: Any = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+
         def factory() -> httpx2.Client:
             return httpx2.Client(
                 event_hooks={"request": [hf_request_event_hook]},
                 follow_redirects=True,
                 timeout=httpx2.Timeout(api_timeout, connect=connect_timeout),
+                verify=verify,
+                trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY
             )
 
         set_client_factory(factory)
@@ -49,7 +56,8 @@ def install_client(*, connect_timeout: float, api_timeout: float) -> None:
 
 def configure_api(config: Config) -> None:
     """Before the planner's API calls."""
-    install_client(connect_timeout=config.connect_timeout, api_timeout=config.api_timeout)
+    install_client(connect_timeout=config.connect_timeout, api_timeout=config.api_timeout,
+                   ca_bundle=config.ca_bundle)
 
 
 def configure_downloads(config: Config) -> None:

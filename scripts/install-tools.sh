@@ -6,6 +6,7 @@
 #   unzip                -> apt, if missing
 #   podman + buildah + runc, catatonit (the pause image), debootstrap (the base image), and what podman
 #   needs to run pods: uidmap, slirp4netns, fuse-overlayfs, containernetworking-plugins, iptables -> apt
+#   tinyproxy            -> apt (a real forward proxy for the proxy tests; the tests start their own)
 # Already-present tools are skipped. Re-running is cheap.
 #
 # Env:
@@ -82,6 +83,14 @@ else
     helm_ok || { log "helm in $bin_dir does not run or is not v4"; exit 1; }
 fi
 
+# --- tinyproxy (tests/test_proxy.py starts it on 127.0.0.1 with a temp config) ---------------------
+if command -v tinyproxy >/dev/null 2>&1; then
+    log "tinyproxy already installed"
+else
+    log "installing tinyproxy (apt)"
+    apt_install tinyproxy || log "WARNING: tinyproxy not installed (proxy tests will skip)"
+fi
+
 # --- promtool / prometheus -------------------------------------------------------------------------
 if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
     log "prometheus/promtool already installed"
@@ -120,4 +129,5 @@ echo "prometheus: $(command -v prometheus || echo 'not installed')"
 echo "pushgateway: $(command -v prometheus-pushgateway || echo 'not installed')"
 echo "unzip:      $(command -v unzip || echo 'not installed')"
 echo "podman:     $(command -v podman >/dev/null && podman --version || echo 'not installed')"
+echo "tinyproxy:  $(command -v tinyproxy || echo 'not installed')"
 echo "Add to PATH: export PATH=\"$bin_dir:\$PATH\""

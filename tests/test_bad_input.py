@@ -224,6 +224,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("log-format", "xml"), ("log-level", "loud"), ("progress-interval", "0"),
     ("kube", "maybe"), ("coordination", "paxos"), ("lease-duration", "0"), ("events", "sometimes"),
     ("layout", "nested"), ("keep-revisions", "0"), ("keep-revisions", "many"), ("offline", "sometimes"), ("header-timeout", "0"),
+    ("ca-bundle", "/nonexistent/ca.pem"), ("max-bytes-per-second", "fast"), ("max-bytes-per-second", "-1"),
     ("token-file", "/nonexistent/secret/token"),
 ]
 # Free-form settings: any string is a legal value (patterns, paths checked when used, a condition type).

@@ -68,7 +68,7 @@ def test_every_mode_and_toggle_has_a_ci_values_file() -> None:
                 "serviceMonitor", "prometheusRule", "dashboards", "networkPolicy", "kubeEvents", "kubeLease",
                 "kubeReadiness", "tokenFile", "tokenEnv", "allSettings", "deprecatedNames",
                 "hostPathPrepared", "listenOff", "memoryMedium", "existingServiceAccount", "excludeNothing",
-                "initMonitored", "appHardened"}
+                "initMonitored", "appHardened", "caBundle"}
     assert expected <= set(CASES), f"missing ci values files: {sorted(expected - set(CASES))}"
 
 
@@ -337,7 +337,7 @@ def test_readiness_gate_in_sidecar_modes(helm: str, case: str, gated: bool) -> N
 # --------------------------------------------------------------------------------------------- settings / env
 
 # Settings naming files that exist only inside the pod (the provisioner checks they exist at start).
-IN_POD_FILES = {"PROVISIONER_TOKEN_FILE", "PROVISIONER_REFERENCE_EMBEDDINGS"}
+IN_POD_FILES = {"PROVISIONER_TOKEN_FILE", "PROVISIONER_REFERENCE_EMBEDDINGS", "PROVISIONER_CA_BUNDLE", "SSL_CERT_FILE"}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -402,6 +402,21 @@ def test_token_as_file_mounts_the_secret_read_only(helm: str) -> None:
     assert vol["secret"]["items"] == [{"key": "token", "path": "token"}]
     app = container(spec, "app")
     assert all(m["name"] != mount["name"] for m in app["volumeMounts"]), "the app must not see the token"
+
+
+def test_ca_bundle_is_mounted_into_the_provisioner_only(helm: str) -> None:
+    spec = app_spec(helm, "caBundle")
+    prov = container(spec, "model-provisioner")
+    env = env_of(prov)
+    path = "/etc/model-provisioner/ca/ca-bundle.pem"
+    assert env["PROVISIONER_CA_BUNDLE"] == path and env["SSL_CERT_FILE"] == path
+    mount = next(m for m in prov["volumeMounts"] if m["mountPath"] == "/etc/model-provisioner/ca")
+    assert mount["readOnly"] is True
+    vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert vol["configMap"]["name"] == "corp-ca"
+    assert vol["configMap"]["items"] == [{"key": "ca-bundle.pem", "path": "ca-bundle.pem"}]
+    assert all(m["name"] != mount["name"] for m in container(spec, "app")["volumeMounts"])
+    assert "PROVISIONER_CA_BUNDLE" not in env_of(container(app_spec(helm, "init"), "model-provisioner"))
 
 
 def test_token_as_env_uses_a_secret_ref(helm: str) -> None:

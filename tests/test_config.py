@@ -101,3 +101,28 @@ def test_every_setting_has_flag_env_and_field() -> None:
 def test_readme_carries_the_settings_table() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert settings_table_markdown() in readme, "README settings table is stale: run scripts/gen_readme_tables.py"
+
+
+def test_hf_environment_maps_to_our_settings(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "42", "HF_HUB_ETAG_TIMEOUT": "7",
+           "REQUESTS_CA_BUNDLE": str(ca)}
+    cfg = Config.from_sources(environ=env)
+    assert (cfg.offline, cfg.stall_timeout, cfg.api_timeout, cfg.ca_bundle) == (True, 42.0, 7.0, str(ca))
+    # PROVISIONER_* beats HF_*, a flag beats both
+    env |= {"PROVISIONER_STALL_TIMEOUT": "5", "PROVISIONER_OFFLINE": "false"}
+    cfg = Config.from_sources(args={"api_timeout": "3"}, environ=env)
+    assert (cfg.offline, cfg.stall_timeout, cfg.api_timeout) == (False, 5.0, 3.0)
+    # SSL_CERT_FILE is read before REQUESTS_CA_BUNDLE; an empty HF_* value counts as unset
+    assert Config.from_sources(environ={"SSL_CERT_FILE": "", "HF_HUB_OFFLINE": ""}).offline is False
+    assert Config.from_sources(environ={"SSL_CERT_FILE": str(ca), "REQUESTS_CA_BUNDLE": "/nope"}).ca_bundle == str(ca)
+
+
+def test_hf_token_path_after_hf_token(tmp_path: Path) -> None:
+    tok = tmp_path / "token"
+    tok.write_text("hf_from_file\n")
+    assert Config.from_sources(environ={"HF_TOKEN_PATH": str(tok)}).token == "hf_from_file"
+    assert Config.from_sources(environ={"HF_TOKEN_PATH": str(tok), "HF_TOKEN": "hf_env"}).token == "hf_env"
+    # as huggingface_hub does: a token file that does not exist means "no token"
+    assert Config.from_sources(environ={"HF_TOKEN_PATH": str(tmp_path / "missing")}).token is None

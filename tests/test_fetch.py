@@ -372,7 +372,9 @@ def test_matches_never_accepts_an_empty_digest() -> None:
     regular = FileEntry("c.json", 3, blob_sha1="b" * 40)
     for entry in (lfs, regular):
         assert not verify.matches(entry, verify.Digests(3, "", ""))
-    assert not verify.matches(FileEntry("x", 3), verify.Digests(3, "", ""))
+    # size-only evidence (no source gave a digest): the size is the whole check, and it is checked
+    assert verify.matches(FileEntry("x", 3), verify.Digests(3, "", ""))
+    assert not verify.matches(FileEntry("x", 3), verify.Digests(4, "", ""))
     assert verify.matches(lfs, verify.Digests(3, "a" * 64, ""))
     assert verify.matches(regular, verify.Digests(3, "", "b" * 40))
     data = b"abc"

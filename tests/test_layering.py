@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("observe",),  # the Tracker every stage writes into, and its readers (metrics, logs)
     ("retry", "context"),  # the run's budget, stop and shared parts (they name each other's types)
     ("state",),  # marker, lock, layout, fsutil: what the volume remembers
-    ("hubapi", "hubclient"),  # talking to huggingface_hub / the hub's HTTP errors
+    ("netconf", "hubapi", "hubclient"),  # TLS trust; talking to huggingface_hub / the hub's HTTP errors
     ("verify.checksums", "verify.model_files"),  # digests and model files: fetch hashes while streaming
     ("plan", "plan_sources", "plan_gather"),
     ("fetch",),

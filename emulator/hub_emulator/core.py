@@ -62,8 +62,11 @@ class _HubCore:
         signed_url_ttl: float = 3600.0,
         profile: str = DEFAULT_PROFILE,
         xet_auth_status: int | None = 503,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls  # (certfile, keyfile): serve hub and CDN over HTTPS; None: plain HTTP
+        self._scheme = "https" if tls else "http"
         self.profile = profile  # see profiles.py; switchable at runtime
         # xet profile: the status the xet-auth (token) endpoint answers; None: its URL refuses connections
         self.xet_auth_status = xet_auth_status
@@ -94,12 +97,12 @@ class _HubCore:
     @property
     def url(self) -> str:
         """Hub endpoint, e.g. ``http://127.0.0.1:PORT`` (pass as ``endpoint=``)."""
-        return f"http://{self.host}:{self._port}"
+        return f"{self._scheme}://{self.host}:{self._port}"
 
     @property
     def cdn_url(self) -> str:
         """Origin of the CDN the LFS redirects point to."""
-        return f"http://{self.host}:{self._cdn_port}"
+        return f"{self._scheme}://{self.host}:{self._cdn_port}"
 
     @property
     def port(self) -> int:

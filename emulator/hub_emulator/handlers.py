@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import ssl
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -27,7 +28,17 @@ class _Server(http.server.ThreadingHTTPServer):
     def __init__(self, addr: tuple[str, int], hub: _HubHandlers, role: str) -> None:
         self.hub = hub
         self.role = role  # "hub" or "cdn"
+        self.tls_context: ssl.SSLContext | None = None
+        if hub.tls is not None:
+            self.tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls_context.load_cert_chain(*hub.tls)
         super().__init__(addr, _Handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = super().get_request()
+        if self.tls_context is not None:  # the handshake runs on first read, in the handler's thread
+            sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.hub._conn_opened(request)

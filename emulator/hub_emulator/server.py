@@ -41,7 +41,8 @@ class HubEmulator(_HubHandlers):
     Keyword arguments: ``host``, ``port``, ``cdn_port`` (0: any free port), ``page_size`` (tree pages),
     ``signed_url_ttl`` (CDN URLs), ``profile`` (``hf`` | ``mirror`` | ``bare`` | ``xet``, see profiles.py;
     also assignable later as ``hub.profile``) and ``xet_auth_status`` (what the xet profile's token
-    endpoint answers, 503 by default; None points the ``xet-auth`` link at a port that refuses connections).
+    endpoint answers, 503 by default; None points the ``xet-auth`` link at a port that refuses connections)
+    and ``tls`` (``(certfile, keyfile)``: hub and CDN serve HTTPS; the URLs say https).
     """
 
     # ------------------------------------------------------------------ lifecycle

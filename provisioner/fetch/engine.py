@@ -26,17 +26,16 @@ Design in brief (docs/design.md has the on-disk layout):
 Read top-down: `fetch_files` (files in parallel) -> `_Session.fetch_file` (one file, restarts) ->
 `_fetch_segments_parallel` / `_fetch_segment` (pieces, retries) -> `_stream_segment` (one response)
 -> `_consume` (the write loop). Imports context, errors, manifest, redact, retry, verify and this
-package's http, journal, small and frontier.
+package's http, journal, small, frontier and throttle (the bandwidth cap).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +50,12 @@ from ..redact import redact
 from ..retry import retry_step
 from ..sources import Source, SourceFailed
 from ..verify.checksums import Digests, wanted_digests
+from .collector import ABORT_GRACE_SECONDS, POLL_SECONDS, Collector
 from .frontier import HashFrontier
 from .http import Aborted, HubHttp, Job, Restart, Retry, classify, make_client
 from .journal import Journal, ensure_partial_dir, layout_segments
 from .small import SmallJournal, is_small, small_in_flight
+from .throttle import TokenBucket
 
 __all__ = ["FetchedFile", "fetch_files", "make_client"]
 
@@ -63,8 +64,6 @@ log = logging.getLogger("provisioner.fetch")
 CHUNK_BYTES = 256 << 10  # write + offset update granularity (the most a SIGKILL can lose per connection)
 FLUSH_SECONDS = 0.25  # ... or this often on slow links, so progress and offsets stay fresh
 MAX_RESTARTS = 3  # per file and call: `changed` / `range_ignored` restarts before giving up
-POLL_SECONDS = 0.1  # how often the coordinator looks at the external stop event
-ABORT_GRACE_SECONDS = 0.3  # after a stop/failure, workers get this long to reach a chunk boundary
 # A backoff ends early when another connection receives bytes (the remote is back), but never before
 # this: a connection failing on its own while the others stream must not retry in a tight loop.
 WAKE_FLOOR_SECONDS = 0.25
@@ -106,7 +105,7 @@ def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext, st
     if small:
         work.append((ThreadPoolExecutor(max_workers=min(len(small), small_in_flight(config)),
                                         thread_name_prefix="fetch-small"), small))
-    collector = _Collector(session)
+    collector = Collector(session)
     try:
         for pool, todo in work:
             for e in todo:
@@ -125,66 +124,6 @@ def fetch_files(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext, st
     if collector.stopped or len(collector.results) < len(collector.futures):
         raise interrupted(stop)
     return collector.results
-
-
-class _Collector:
-    """Gathers the workers' outcomes as they finish: the first real error aborts the others; a stop
-    request aborts softly, then hard after ABORT_GRACE_SECONDS (workers blocked in a stalled read)."""
-
-    def __init__(self, session: _Session) -> None:
-        self.session = session
-        self.results: dict[str, FetchedFile] = {}
-        self.first_error: BaseException | None = None
-        self.stopped = False
-        self.futures: dict[Future[FetchedFile], FileEntry] = {}
-        self._finished: queue.SimpleQueue[Future[FetchedFile]] = queue.SimpleQueue()
-        self._aborted_at: float | None = None
-
-    def track(self, fut: Future[FetchedFile], entry: FileEntry) -> None:
-        self.futures[fut] = entry
-        fut.add_done_callback(self._finished.put)  # O(1) per file, unlike wait() over every pending future
-
-    def run(self, stop: threading.Event) -> None:
-        pending = len(self.futures)
-        while pending:
-            done = self._drain()
-            pending -= len(done)
-            for fut in done:
-                self._settle(fut)
-            self._watch_stop(stop)
-
-    def _drain(self) -> list[Future[FetchedFile]]:
-        try:
-            # timeout: wake up to notice the external stop event (set by a signal handler)
-            done = [self._finished.get(timeout=POLL_SECONDS)]
-        except queue.Empty:  # nothing finished in this period: look at the stop event below
-            done = []
-        while not self._finished.empty():
-            done.append(self._finished.get_nowait())
-        return done
-
-    def _settle(self, fut: Future[FetchedFile]) -> None:
-        exc = fut.exception()
-        if exc is None:
-            fetched = fut.result()
-            self.results[fetched.entry.path] = fetched
-        elif isinstance(exc, Aborted):
-            self.stopped = True
-        elif self.first_error is None:
-            self.first_error = exc
-            log.error("fetch %s failed: %s", self.futures[fut].path, redact(str(exc), self.session.secrets))
-            self.session.abort()  # the others flush their journals and stop
-
-    def _watch_stop(self, stop: threading.Event) -> None:
-        session = self.session
-        if stop.is_set() and not session.aborted.is_set():
-            log.warning("fetch: stop requested; flushing partial data")
-            session.abort()
-        if session.aborted.is_set():
-            now = time.monotonic()
-            self._aborted_at = now if self._aborted_at is None else self._aborted_at
-            if now - self._aborted_at >= ABORT_GRACE_SECONDS:
-                session.abort(hard=True)  # wake workers blocked in a stalled read
 
 
 def _strong_etag(etag: str | None) -> bool:
@@ -218,6 +157,8 @@ class _Session:
         self._jobs: set[Job] = set()
         self._jobs_lock = threading.Lock()
         self.aborted = threading.Event()
+        # one cap over all connections of this fetch (None: unlimited)
+        self.bucket = TokenBucket(config.max_bytes_per_second) if config.max_bytes_per_second else None
 
     # ---- abort ------------------------------------------------------------------------------
     def abort(self, *, hard: bool = False) -> None:
@@ -458,6 +399,17 @@ class _Session:
                 journal.record_etag(etag)
             self._consume(job, seg, frontier, resp, start=start, limit=limit)
 
+    def _capped(self, job: Job, n: int, *, before_pause: Callable[[], None]) -> bool:
+        """--max-bytes-per-second: wait out the shared bucket for `n` bytes (what arrived goes to disk
+        first). True when a stop or abort cut the pause short."""
+        if self.bucket is None:
+            return False
+        pause = self.bucket.reserve(n)
+        if pause <= 0:
+            return False
+        before_pause()
+        return job.cancel.wait(pause)  # the cap's pause; a stop/abort ends it early
+
     def _consume(self, job: Job, seg: int, frontier: HashFrontier, resp: httpx2.Response, *,
                  start: int, limit: int) -> None:
         """Write the body at [start, limit) in ~1 MiB chunks, advancing the offset after each write."""
@@ -502,7 +454,7 @@ class _Session:
             buf += piece
             if len(buf) >= CHUNK_BYTES or time.monotonic() - last_flush >= FLUSH_SECONDS:
                 flush()
-            if job.cancel.is_set():
+            if job.cancel.is_set() or self._capped(job, len(piece), before_pause=flush):
                 break
         flush()
         if job.cancel.is_set() or self.aborted.is_set():

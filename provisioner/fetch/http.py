@@ -5,7 +5,7 @@ arrive, then the body's stall watchdog: see `body_watchdog`), the control-flow
 exceptions a request can end in (`Retry`, `Restart`, `Aborted`), a file's open sockets (`Job`, so an
 abort can cut a stalled read), and `HubHttp`: the hub URL -> signed CDN URL resolution (cached,
 re-resolved when it expires), which headers go where (the token only to the hub's origin), and the
-HTTP status -> error mapping. Imports config, errors, hubapi, manifest, redact, retry and
+HTTP status -> error mapping. Imports config, errors, hubapi, manifest, netconf, redact, retry and
 fetch.journal (for a type); the engine (engine.py) imports it, never the reverse.
 """
 
@@ -25,6 +25,7 @@ from ..config import Config
 from ..errors import BadRemoteError, NotFoundError, ProvisionerError, UnauthorizedError
 from ..hubapi import origin
 from ..manifest import FileEntry, Plan
+from ..netconf import certificate_error, tls_verify
 from ..redact import redact, strip_query
 from ..retry import parse_retry_after
 from ..sources import SourceFailed
@@ -72,6 +73,8 @@ def make_client(config: Config) -> httpx2.Client:
         limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections),
         follow_redirects=False,
         http2=False,
+        verify=tls_verify(config),
+        trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as for the API calls
     )
 
 
@@ -106,6 +109,9 @@ def classify(exc: httpx2.HTTPError, *, what: str, stall_timeout: float,
     """
     name = type(exc).__name__
     detail = redact(f"{what}: {name}: {exc}")
+    tls = certificate_error(exc, what=what)
+    if tls is not None:  # a wrong CA bundle does not heal with retries
+        return tls
     if isinstance(exc, httpx2.ReadTimeout):
         if before_headers:
             return Retry("stall", f"{what}: no response headers for {stall_timeout:g}s (header timeout)", stall=True)

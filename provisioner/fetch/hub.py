@@ -238,13 +238,25 @@ def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, ctx: RunContext, ca
     def give_up() -> None:
         if budget.remaining() <= 0:
             sink.abandon()
-            budget.check(reason="stall", message="huggingface_hub made no progress (it retries internally)")
+            budget.check(reason="stall", message="huggingface_hub made no progress (it retries internally)"
+                         + _xet_hint())
 
     try:
         call_interruptible(work, stop=ctx.stop, name="hubengine-snapshot", give_up=give_up)
     except Interrupted:
         sink.abandon()
         raise
+
+
+def _xet_hint() -> str:
+    """With Xet enabled, a stuck download is often the Xet service (unreachable from an air-gapped or
+    proxied node): say how to avoid it."""
+    from huggingface_hub import constants as hf_constants
+
+    if hf_constants.HF_HUB_DISABLE_XET:
+        return ""
+    return ("; if the repo is Xet-backed, the Xet service may be unavailable: set HF_HUB_DISABLE_XET=1 "
+            "(plain HTTP downloads) or use --engine native, which never uses Xet")
 
 
 def _explain_missing(plan: Plan, missing: Sequence[str], *, target: Path, cache_dir: Path) -> ProvisionerError:

@@ -348,6 +348,7 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
       (list "PROVISIONER_CONNECTIONS_PER_FILE" $m.connectionsPerFile)
       (list "PROVISIONER_SPLIT_THRESHOLD" $m.splitThreshold)
       (list "PROVISIONER_DISK_HEADROOM" $m.diskHeadroom)
+      (list "PROVISIONER_MAX_BYTES_PER_SECOND" $m.maxBytesPerSecond)
       (list "PROVISIONER_LISTEN" $s.listen)
       (list "PROVISIONER_SERVE_LISTEN" (include "model-provisioner.serveListen" .))
       (list "PROVISIONER_MODE" (default $mode (get . "provisionerMode")))
@@ -385,6 +386,14 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
 {{- if $m.requireDigests }}
 - name: PROVISIONER_REQUIRE_DIGESTS
   value: "true"
+{{- end }}
+{{- with $m.caBundle }}
+{{- if .configMap }}
+- name: PROVISIONER_CA_BUNDLE
+  value: {{ printf "%s/%s" (trimSuffix "/" .mountPath) .key | quote }}
+- name: SSL_CERT_FILE
+  value: {{ printf "%s/%s" (trimSuffix "/" .mountPath) .key | quote }}
+{{- end }}
 {{- end }}
 {{- with $m.token.existingSecret }}
 {{- if eq $m.token.as "env" }}
@@ -522,6 +531,11 @@ the API server treats this lifetime like the default automounted one.
 {{- if and .Values.model.token.existingSecret (eq .Values.model.token.as "file") }}
 - name: provisioner-hf-token
   mountPath: {{ .Values.model.token.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if .Values.model.caBundle.configMap }}
+- name: provisioner-ca-bundle
+  mountPath: {{ .Values.model.caBundle.mountPath }}
   readOnly: true
 {{- end }}
 {{- if include "model-provisioner.kubeEnabled" . }}
@@ -749,6 +763,17 @@ hostPath:
     items:
       - key: {{ .Values.model.token.key }}
         path: {{ .Values.model.token.key }}
+{{- end }}
+{{- with .Values.model.caBundle }}
+{{- if .configMap }}
+- name: provisioner-ca-bundle
+  configMap:
+    name: {{ .configMap }}
+    defaultMode: 0444
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+{{- end }}
 {{- end }}
 {{- end }}
 
