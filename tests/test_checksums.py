@@ -107,9 +107,17 @@ def test_lfs_entry_is_judged_by_sha256_only() -> None:
 
 
 def test_a_digest_not_computed_never_matches() -> None:
-    assert not matches(FileEntry("x", 0, sha256=""), Digests(0, "", ""))
-    assert not matches(FileEntry("x", 0, blob_sha1=""), Digests(0, "", ""))
-    assert not matches(FileEntry("x", 0), Digests(0, hashlib.sha256(b"").hexdigest(), git_blob_sha1(b"")))
+    assert not matches(FileEntry("x", 0, sha256="a" * 64), Digests(0, "", ""))
+    assert not matches(FileEntry("x", 0, blob_sha1="b" * 40), Digests(0, "", ""))
+
+
+def test_without_an_expected_digest_only_the_size_is_checked_and_said() -> None:
+    """No source gave a digest (issue 11): the file is checked by size and recorded as `size-only`,
+    never passed off as hashed. An empty string is no digest."""
+    for entry in (FileEntry("x", 3), FileEntry("x", 3, sha256=""), FileEntry("x", 3, blob_sha1="")):
+        assert entry.evidence == "size-only"
+        assert matches(entry, Digests(3, "", ""))
+        assert not matches(entry, Digests(4, hashlib.sha256(b"abcd").hexdigest(), git_blob_sha1(b"abcd")))
 
 
 def test_wanted_digests_is_the_one_matches_compares() -> None:

@@ -139,6 +139,7 @@ def test_readyz_answers_for_the_revision_the_pod_asked_for(hub: HubEmulator, sma
                                extra=["--verify", "checksums", "--revision", commit_a]), log=tmp_path / "a.log")
     assert first.wait(60) == 0, (tmp_path / "a.log").read_text()[-2000:]
     hub.faults.stall_api = 60.0  # the B pod cannot plan: only the marker on the volume can answer /readyz
+    hub.reset_stats()  # the API request awaited below must be the B pod's, not the A run's
     port = free_port()
     proc = start_cli(run_args(endpoint=hub.url, target=target, repo_id=REPO,
                               extra=["--verify", "checksums", "--mode", "sidecar", "--revision", commit_b,
