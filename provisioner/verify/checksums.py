@@ -27,10 +27,9 @@ class Hasher:
     """The digests over a stream whose total size is known up front (git's blob header needs it).
 
     `sha256` / `blob_sha1` select what is computed (each costs ~0.6 s of CPU per GiB); a digest not
-    computed is "" in `Digests`, which `matches` never accepts."""
+    computed is "" in `Digests`, which `matches` never accepts in place of an expected digest."""
 
     def __init__(self, size: int, *, sha256: bool = True, blob_sha1: bool = True) -> None:
-        self.expected_size = size
         self.seen = 0
         self._sha256 = hashlib.sha256() if sha256 else None
         self._sha1 = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False) if blob_sha1 else None
