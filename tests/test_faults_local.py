@@ -47,16 +47,6 @@ def repo_hub(hub: HubEmulator) -> HubEmulator:
     return hub
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
-
-
 def argv_for(hub: HubEmulator, target: Path, *extra: str) -> list[str]:
     return run_args(endpoint=hub.url, target=target, repo_id=REPO, extra=[*FAST, *extra])
 

@@ -14,10 +14,8 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cli_helpers import run_args, run_cli, start_cli, wait_until
 from hub_emulator import HubEmulator
 
@@ -46,16 +44,6 @@ def _parent_of(pid: int) -> int | None:
 def _args(hub: HubEmulator, target: Path, *extra: str) -> list[str]:
     return run_args(endpoint=hub.url, target=target, repo_id=MODEL,
                     extra=["--verify", "full", "--log-level", "debug", *extra])
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
 
 
 def test_child_starts_before_the_last_byte_and_its_pass_makes_ready(model_hub: HubEmulator, tmp_path: Path) -> None:
