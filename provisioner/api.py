@@ -59,11 +59,13 @@ class ProvisionResult:
 
 def provision(config: Config | None = None, *, progress: Callable[[Event], None] | None = None,
               stop: threading.Event | None = None, tracker: Tracker | None = None,
-              free_space: Callable[[Path], int] | None = None, **overrides: Any) -> ProvisionResult:
+              free_space: Callable[[Path], int] | None = None, budget: RetryBudget | None = None,
+              shared: Any = None, **overrides: Any) -> ProvisionResult:
     """Make the model ready under `config.target`. Raises a `ProvisionerError` subclass on failure.
 
     `overrides` are `Config` fields (e.g. `repo_id=`, `target=`, `verify=`); without `config` the
-    defaults are used and the token comes from HF_TOKEN.
+    defaults are used and the token comes from HF_TOKEN. `budget` and `shared` (a `fetch.share.FetchShare`)
+    are passed by a several-models run so that every model draws on one retry budget and one fetch pool.
     """
     if config is None:
         config = Config(token=read_token(token_file=str(overrides.get("token_file", "")), environ=os.environ))
@@ -73,8 +75,8 @@ def provision(config: Config | None = None, *, progress: Callable[[Event], None]
     tracker = tracker or Tracker(repo_id=config.repo_id, revision=config.revision)
     if progress is not None:
         tracker.subscribe(progress)
-    ctx = RunContext(config=config, tracker=tracker, budget=RetryBudget(config.retry_budget),
-                     stop=stop if stop is not None else Stop(), redactor=redactor)
+    ctx = RunContext(config=config, tracker=tracker, budget=budget or RetryBudget(config.retry_budget),
+                     stop=stop if stop is not None else Stop(), redactor=redactor, shared=shared)
     kube: Any = None
     try:
         try:

@@ -11,7 +11,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .config import Config
 from .errors import Interrupted
@@ -91,6 +91,9 @@ class RunContext:
     stop: threading.Event
     redactor: Redactor = field(default_factory=Redactor)  # the run's secrets (its token) for every message
     sources: SourceBook = field(default_factory=SourceBook)  # --mirrors: which failed for which file, in this run
+    # A several-models run's fetch parts shared by every model (fetch.share.FetchShare: one worker pool,
+    # one connection pool, one copy of identical files). Typed loosely: context sits below fetch.
+    shared: Any = None
 
     def check_stop(self) -> None:
         check_stop(self.stop)
