@@ -179,6 +179,10 @@ def _offline_marker(ctx: RunContext, *, folder: Path) -> dict[str, Any]:
         raise OfflineError(f"offline (--offline / HF_HUB_OFFLINE=1): {folder} holds no verified copy of "
                            f"{cfg.repo_id}@{cfg.revision} ({check.reason}); nothing may be downloaded",
                            reason=check.reason)
+    if cfg.expect_commit and check.marker.get("commit") != cfg.expect_commit:
+        raise OfflineError(f"offline (--offline / HF_HUB_OFFLINE=1): {folder} holds commit "
+                           f"{check.marker.get('commit')} of {cfg.repo_id}@{cfg.revision}, not --expect-commit "
+                           f"{cfg.expect_commit}; nothing may be downloaded", reason="commit is not --expect-commit")
     log.info("offline: serving the verified copy %s", check.marker["commit"][:12])
     return check.marker
 

@@ -127,6 +127,13 @@ def _revision(raw: str) -> str:
     return value
 
 
+def _expect_commit(raw: str) -> str:
+    value = raw.strip().lower()
+    if value and not _COMMIT_RE.match(value):
+        raise ConfigError(f"expect-commit: expected a 40-hex commit sha, got {raw!r}", setting="expect-commit")
+    return value
+
+
 def _listen(raw: str, *, name: str = "listen") -> str:
     value = raw.strip()
     if value in ("", "off", "none"):
@@ -184,6 +191,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("repo-id", "repo_id", _repo_id, DEFAULT_REPO_ID, "Hugging Face model repo to provision."),
     Setting("revision", "revision", _revision, "main",
             "Branch, tag or 40-hex commit. A pinned commit lets a warm restart skip the network entirely."),
+    Setting("expect-commit", "expect_commit", _expect_commit, "",
+            "Pin by content: the 40-hex commit a branch or tag `--revision` must resolve to. When the hub resolves "
+            "it to another commit (the branch moved), the run fails with exit code 13 before fetching any file, "
+            "and a verified copy of another commit is not served. Empty: off."),
     Setting("target", "target", lambda s: str(Path(s).expanduser()), "/models",
             "Directory the model's files land in (at their repo paths). State lives in `<target>/.provisioner/`.",
             commands=("run", "demo")),
@@ -305,6 +316,7 @@ class Config:
 
     repo_id: str = DEFAULT_REPO_ID
     revision: str = "main"
+    expect_commit: str = ""
     target: str = "/models"
     offline: bool = False
     layout: str = "flat"
@@ -378,7 +390,15 @@ class Config:
             else:
                 values[s.attr] = s.parse(str(raw))
         values["token"] = read_token(token_file=values["token_file"], environ=environ)
-        return cls(**values)
+        config = cls(**values)
+        config.check_expect_commit()
+        return config
+
+    def check_expect_commit(self) -> None:
+        """A pinned --revision that contradicts --expect-commit can never succeed: say so at config time."""
+        if self.expect_commit and self.commit_pinned and self.revision != self.expect_commit:
+            raise ConfigError(f"expect-commit: --revision is the commit {self.revision}, not {self.expect_commit}",
+                              setting="expect-commit")
 
 
 def read_token(*, token_file: str, environ: Mapping[str, str]) -> str | None:

@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     NOT_READY = 10  # `check`: no valid ready marker matching the files on disk
     OFFLINE = 11  # offline (--offline / HF_HUB_OFFLINE) and no verified copy of this repo and revision
     TLS = 12  # the hub's (or proxy's) TLS certificate is not trusted: wrong or missing CA bundle
+    EXPECT_MISMATCH = 13  # --expect-commit: the revision resolved to another commit (the branch moved), or to none
     # Signals: 128 + signal number (SIGINT 130, SIGTERM 143), as shells do.
 
 
@@ -135,6 +136,18 @@ class TLSError(ProvisionerError):
     """A certificate the process does not trust: a configuration problem, never retried."""
 
     exit_code = ExitCode.TLS
+
+
+class ExpectMismatchError(ProvisionerError):
+    """--expect-commit: the hub resolved the revision to another commit (or named none), found before any
+    file byte is fetched."""
+
+    exit_code = ExitCode.EXPECT_MISMATCH
+
+    def __init__(self, message: str, *, expected: str, actual: str | None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual  # None: the hub named no commit at all
 
 
 class Interrupted(ProvisionerError):

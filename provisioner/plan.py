@@ -20,6 +20,7 @@ from typing import Any
 from .context import RunContext, call_interruptible
 from .errors import (
     BadRemoteError,
+    ExpectMismatchError,
     Interrupted,
     NoSpaceError,
     NotFoundError,
@@ -90,9 +91,12 @@ def build_plan(ctx: RunContext) -> Plan:
     info = fetch_model_info(ctx, revision=config.revision)
     sha = getattr(info, "sha", None)
     commit = _checked_commit(sha) if sha is not None else None
+    if commit is not None:
+        check_expected_commit(ctx, commit)  # as early as possible: before the listing calls
     metas = gather_metadata(ctx, info=info, commit=commit)
     if commit is None:
         commit = _checked_commit(metas.commit)
+        check_expected_commit(ctx, commit)
     entries = [entry_from_meta(m) for m in metas.files]
     if config.require_digests:
         bare = [e.path for e in entries if e.evidence == "size-only"]
@@ -107,6 +111,21 @@ def build_plan(ctx: RunContext) -> Plan:
             f"exclude={list(config.exclude)}", repo_id=config.repo_id, revision=config.revision)
     return Plan(repo_id=config.repo_id, revision=config.revision, commit=commit, endpoint=config.endpoint,
                 files=tuple(sorted(entries, key=lambda e: e.path)))
+
+
+def check_expected_commit(ctx: RunContext, commit: str | None) -> None:
+    """--expect-commit: the revision must resolve to that commit (raised before any file byte is fetched)."""
+    config = ctx.config
+    expected = config.expect_commit
+    if not expected or commit == expected:
+        return
+    if commit is None:
+        raise ExpectMismatchError(f"--expect-commit {expected[:12]}: the hub names no commit for "
+                                  f"{config.repo_id}@{config.revision}, so it cannot be checked", expected=expected,
+                                  actual=None)
+    raise ExpectMismatchError(f"{config.repo_id}@{config.revision} resolved to {commit}, not --expect-commit "
+                              f"{expected} (the {config.revision!r} revision moved); nothing was fetched",
+                              expected=expected, actual=commit)
 
 
 def entry_from_meta(m: FileMeta) -> FileEntry:

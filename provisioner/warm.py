@@ -32,6 +32,10 @@ def usable_marker(ctx: RunContext, *, target: Path) -> dict[str, Any] | None:
         if check.marker is not None:
             log.info("existing marker not usable: %s", check.reason)
         return None
+    if cfg.expect_commit and check.marker.get("commit") != cfg.expect_commit:
+        log.info("existing marker is commit %s, not --expect-commit %s: not served",
+                 str(check.marker.get("commit"))[:12], cfg.expect_commit[:12])
+        return None
     if cfg.commit_pinned or check.marker["commit"] == cfg.revision:
         return check.marker
     from .plan import resolve_commit

@@ -226,6 +226,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("layout", "nested"), ("keep-revisions", "0"), ("keep-revisions", "many"), ("offline", "sometimes"), ("header-timeout", "0"),
     ("ca-bundle", "/nonexistent/ca.pem"), ("max-bytes-per-second", "fast"), ("max-bytes-per-second", "-1"),
     ("token-file", "/nonexistent/secret/token"),
+    ("expect-commit", "main"), ("expect-commit", "abc123"), ("expect-commit", "g" * 40),
 ]
 # Free-form settings: any string is a legal value (patterns, paths checked when used, a condition type).
 FREE_FORM = {"target", "include", "exclude", "reference-embeddings", "readiness-condition"}

@@ -45,6 +45,8 @@ def ready_from_marker(cfg: Config, *, environ: Mapping[str, str] | None = None) 
     check = check_ready(folder, repo_id=cfg.repo_id, revision=cfg.revision)
     if not check.ok or check.marker is None:
         return None  # the full path says why and repairs
+    if cfg.expect_commit and check.marker.get("commit") != cfg.expect_commit:
+        return None  # a verified copy of another commit: the full path says why
     logs.setup_logging(fmt=cfg.log_format, level=cfg.log_level, redactor=Redactor.for_secrets(cfg.token))
     m = check.marker
     if cfg.offline:  # the same line the full path logs: say why nothing was asked

@@ -329,6 +329,7 @@ Optional "provisionerMode" in the context overrides the mode (used by the nodeCa
 {{- $settings := list
       (list "PROVISIONER_REPO_ID" $m.repoId)
       (list "PROVISIONER_REVISION" $m.revision)
+      (list "PROVISIONER_EXPECT_COMMIT" $m.expectCommit)
       (list "PROVISIONER_TARGET" $s.target)
       (list "PROVISIONER_LAYOUT" $s.layout)
       (list "PROVISIONER_KEEP_REVISIONS" $m.keepRevisions)
