@@ -31,7 +31,7 @@ from . import place, warm
 from .config import Config, read_token
 from .context import RunContext, Stop
 from .errors import ConfigError, OfflineError, ProvisionerError, VerificationError, exit_code_for
-from .manifest import Plan
+from .manifest import FileEntry, Plan
 from .observe.progress import Event, Phase, Tracker
 from .redact import Redactor
 from .retry import RetryBudget
@@ -46,7 +46,7 @@ log = logging.getLogger("provisioner")
 class ProvisionResult:
     repo_id: str
     revision: str
-    commit: str
+    commit: str | None  # None: the hub names no commit for this revision (provisioned as named)
     target: Path
     files: int
     bytes_total: int
@@ -126,17 +126,19 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
     ctx.check_stop()
     if cfg.verify == "full" and needs_smoke_test(f.path for f in plan.files):
         check_smoke_dependencies()  # a missing `embed` extra is a config error, found before any byte is fetched
-    target = layout.commit_dir(root, plan.commit) if versioned else root  # where this commit's files go
+    # where this commit's files go (an unknown commit: a synthetic `unknown-...` key, never a fake sha)
+    target = layout.commit_dir(root, plan.key) if versioned else root
     if versioned:
         place.prepare_target(target)
     lock = _coordinator(cfg, kube=kube, target=target)
-    with lock.hold(key=f"{plan.repo_id}@{plan.commit}", tracker=tracker, stop=ctx.stop):
+    with lock.hold(key=f"{plan.repo_id}@{plan.key}", tracker=tracker, stop=ctx.stop):
         waited_for = tracker.waiting_for
-        check = marker.check_ready(target, repo_id=plan.repo_id, revision=plan.commit, app_check_pending_ok=True)
-        if check.ok and not cfg.reverify:  # another replica (or an earlier revision name) finished it
+        check = marker.check_ready(target, repo_id=plan.repo_id, revision=plan.ref, app_check_pending_ok=True)
+        if check.ok and not cfg.reverify and (plan.commit_known or _same_files(plan, check.marker)):
+            # another replica (or an earlier revision name) finished it
             log.info("ready from the marker written by %s", waited_for or "an earlier run")
             if versioned:
-                _switch(cfg, root=root, commit=plan.commit)
+                _switch(cfg, root=root, commit=plan.key)
             return _result_from_marker(ctx, check.marker or {}, target=readers_dir, clock=clock,
                                        waited_for=waited_for)
         marker.invalidate(target)  # versioned: a folder no reader is pointed at yet
@@ -154,10 +156,15 @@ def execute(ctx: RunContext, *, kube: Any = None, free_space: Callable[[Path], i
         marker.write_marker(target, plan=plan, verify_level=cfg.verify, verification=verification,
                             engine=cfg.engine, started_at=clock.started, sources=tracker.file_sources())
         if versioned:
-            _switch(cfg, root=root, commit=plan.commit)
-    log.info("model ready: %s@%s in %s", plan.repo_id, plan.commit[:12], readers_dir)
+            _switch(cfg, root=root, commit=plan.key)
+    log.info("model ready: %s@%s in %s", plan.repo_id, plan.short, readers_dir)
     return _result(plan, target=readers_dir, tracker=tracker, clock=clock, warm=False, waited_for=waited_for,
                    verification=verification)
+
+
+def _same_files(plan: Plan, m: dict[str, Any] | None) -> bool:
+    """An unknown commit's marker answers only for the very files planned now (its key is the revision's)."""
+    return m is not None and set(plan.files) == {FileEntry.from_json(f) for f in m.get("files", [])}
 
 
 def _switch(cfg: Config, *, root: Path, commit: str) -> None:
@@ -183,7 +190,7 @@ def _offline_marker(ctx: RunContext, *, folder: Path) -> dict[str, Any]:
         raise OfflineError(f"offline (--offline / HF_HUB_OFFLINE=1): {folder} holds commit "
                            f"{check.marker.get('commit')} of {cfg.repo_id}@{cfg.revision}, not --expect-commit "
                            f"{cfg.expect_commit}; nothing may be downloaded", reason="commit is not --expect-commit")
-    log.info("offline: serving the verified copy %s", check.marker["commit"][:12])
+    log.info("offline: serving the verified copy %s", str(check.marker["commit"] or "(commit unknown)")[:12])
     return check.marker
 
 

@@ -170,7 +170,7 @@ def _classify_download_http(exc: hf_errors.HfHubHTTPError, *, plan: Plan) -> Pro
         return _xet_error(status, plan=plan)
     from_cdn = bool(url) and origin(url) != origin(plan.endpoint)
     path = _file_from_url(url)
-    known = _wrong_revision_or_gated(exc, status=status, repo_id=plan.repo_id, revision=plan.commit)
+    known = _wrong_revision_or_gated(exc, status=status, repo_id=plan.repo_id, revision=plan.ref)
     if known is not None:
         return known
     if status == 403 and from_cdn:
@@ -180,8 +180,8 @@ def _classify_download_http(exc: hf_errors.HfHubHTTPError, *, plan: Plan) -> Pro
         return known
     if status == 404:
         what = f"{path!r}" if path else "a file"
-        return NotFoundError(f"{what} not found in {plan.repo_id} at {plan.commit}", repo_id=plan.repo_id,
-                             revision=plan.commit, path=path)
+        return NotFoundError(f"{what} not found in {plan.repo_id} at {plan.ref}", repo_id=plan.repo_id,
+                             revision=plan.ref, path=path)
     if status == 429 or status >= 500 or status == 408:
         reason = "http_429" if status == 429 else ("timeout" if status == 408 else "http_5xx")
         return TransientError(f"hub answered HTTP {status}" + (f" for {path}" if path else ""), reason=reason,

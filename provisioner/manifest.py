@@ -5,8 +5,18 @@ Kept free of heavy imports: `check` reads markers built from these types.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
+
+UNKNOWN_COMMIT_PREFIX = "unknown-"
+
+
+def unknown_commit_key(repo_id: str, revision: str) -> str:
+    """The folder key of a revision whose commit no source names: deterministic, and never 40-hex (so it
+    cannot be mistaken for a real commit)."""
+    digest = hashlib.sha256(f"{repo_id}@{revision}".encode()).hexdigest()[:16]
+    return f"{UNKNOWN_COMMIT_PREFIX}{digest}"
 
 
 @dataclass(frozen=True)
@@ -54,9 +64,28 @@ class Plan:
 
     repo_id: str
     revision: str  # as requested (branch, tag or commit)
-    commit: str  # the resolved 40-hex commit sha
+    commit: str | None  # the resolved 40-hex commit sha; None: the hub names no commit anywhere
     endpoint: str
     files: tuple[FileEntry, ...]
+
+    @property
+    def commit_known(self) -> bool:
+        return self.commit is not None
+
+    @property
+    def ref(self) -> str:
+        """What the files are fetched at: the commit, or the revision as named when no commit is known."""
+        return self.commit or self.revision
+
+    @property
+    def key(self) -> str:
+        """The commit's folder / lock key: the commit, or a synthetic `unknown-...` key for an unknown one."""
+        return self.commit or unknown_commit_key(self.repo_id, self.revision)
+
+    @property
+    def short(self) -> str:
+        """For log lines: 12 characters of the commit, or `unknown commit`."""
+        return self.commit[:12] if self.commit else "unknown commit"
 
     @property
     def total_bytes(self) -> int:
@@ -73,6 +102,7 @@ class Plan:
             "repo_id": self.repo_id,
             "revision": self.revision,
             "commit": self.commit,
+            "commit_known": self.commit_known,
             "endpoint": self.endpoint,
             "files": [f.to_json() for f in self.files],
         }
@@ -82,7 +112,7 @@ class Plan:
         return cls(
             repo_id=str(d["repo_id"]),
             revision=str(d["revision"]),
-            commit=str(d["commit"]),
+            commit=str(d["commit"]) if d.get("commit") is not None else None,
             endpoint=str(d.get("endpoint", "")),
             files=tuple(FileEntry.from_json(f) for f in d["files"]),
         )

@@ -79,11 +79,13 @@ def fetch_model_info(ctx: RunContext, *, revision: str, record_retries: bool = T
     )
 
 
-def resolve_commit(ctx: RunContext) -> str:
-    """Just the commit sha of the requested revision (used to see whether a warm marker is current).
-    Its retries are not recorded in `ctx.tracker`: a side check, not the run's download."""
+def resolve_commit(ctx: RunContext) -> str | None:
+    """Just the commit sha of the requested revision (used to see whether a warm marker is current);
+    None when model_info names none (a hub that names no commit). Its retries are not recorded in
+    `ctx.tracker`: a side check, not the run's download."""
     info = fetch_model_info(ctx, revision=ctx.config.revision, record_retries=False)
-    return _checked_commit(getattr(info, "sha", None))
+    sha = getattr(info, "sha", None)
+    return _checked_commit(sha) if sha is not None else None
 
 
 def build_plan(ctx: RunContext) -> Plan:
@@ -95,8 +97,12 @@ def build_plan(ctx: RunContext) -> Plan:
         check_expected_commit(ctx, commit)  # as early as possible: before the listing calls
     metas = gather_metadata(ctx, info=info, commit=commit)
     if commit is None:
-        commit = _checked_commit(metas.commit)
+        commit = _checked_commit(metas.commit) if metas.commit is not None else None
         check_expected_commit(ctx, commit)
+        if commit is None:  # some artifact managers' HF remotes: provision the revision as named
+            log.warning("the hub names no commit for %s@%s (no sha, no X-Repo-Commit): provisioning the revision "
+                        "as named; the marker records the commit as unknown, so a branch cannot be pinned",
+                        config.repo_id, config.revision)
     entries = [entry_from_meta(m) for m in metas.files]
     if config.require_digests:
         bare = [e.path for e in entries if e.evidence == "size-only"]

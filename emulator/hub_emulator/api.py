@@ -105,6 +105,16 @@ class _HubApi(_HubCdn):
     def _model_info(self, repo: _Repo, commit: str, query: dict[str, list[str]]) -> dict[str, Any]:
         with self._lock:
             files = repo.commits[commit]
+        info = self._model_info_body(repo, commit, files, query)
+        if self.faults.hide_commit:
+            del info["sha"]
+        elif self.faults.commit_as is not None:
+            info["sha"] = self.faults.commit_as
+        return info
+
+    def _model_info_body(
+        self, repo: _Repo, commit: str, files: dict[str, FileInfo], query: dict[str, list[str]]
+    ) -> dict[str, Any]:
         profile = self.profile
         if profile == "bare":
             return {"id": repo.repo_id, "sha": commit}
@@ -160,7 +170,7 @@ class _HubApi(_HubCdn):
             if info is None:
                 entries.append({"type": "directory", "oid": _dir_oid(files, path), "path": path})
             else:
-                entries.append(file_entry(profile, info, commit=commit, expand=expand))
+                entries.append(file_entry(profile, info, commit=commit, expand=expand and not self.faults.hide_commit))
         try:
             cursor = int(ctx.query.get("cursor", ["0"])[0])
         except ValueError:
@@ -187,7 +197,7 @@ class _HubApi(_HubCdn):
         entries: list[dict[str, Any]] = []
         for path in dict.fromkeys(p.strip("/") for p in paths):
             if path in files:
-                entries.append(file_entry(self.profile, files[path], commit=commit, expand=expand))
+                entries.append(file_entry(self.profile, files[path], commit=commit, expand=expand and not self.faults.hide_commit))
             elif path and any(f.startswith(path + "/") for f in files):
                 entries.append({"type": "directory", "oid": _dir_oid(files, path), "path": path})
         self._send_json(ctx, entries, commit=commit)

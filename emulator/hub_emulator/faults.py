@@ -35,6 +35,10 @@ class Faults:
     flip_byte_at: int | None = None  # absolute file offset (also inside a Range) inverted in transit
     flip_every: bool = False
     ignore_range: bool = False  # answer 200 + full body to Range requests
+    no_content_type: bool = False  # resolve/CDN content responses carry no Content-Type header
+    # Hub-wide (not limited by ``path``): what the hub says about the commit.
+    hide_commit: bool = False  # no commit anywhere: no model_info ``sha``, no X-Repo-Commit, no lastCommit
+    commit_as: str | None = None  # show this string wherever the commit is shown (e.g. a malformed one)
 
     def clear(self) -> None:
         """Reset every fault to its default."""

@@ -72,6 +72,9 @@ class _HubTransport(_HubCore):
         }
         if not advertise_ranges:  # a bare hub still honours Range but does not say so
             del headers["Accept-Ranges"]
+        if self.faults.no_content_type and self._in_scope(ctx):
+            self._fault_fired(ctx, "no_content_type")
+            del headers["Content-Type"]
         if range_header and self.faults.ignore_range and self._in_scope(ctx):
             self._fault_fired(ctx, "ignore_range")
             range_header = None
@@ -110,6 +113,10 @@ class _HubTransport(_HubCore):
         ctx.record = record
         h.send_response(status)
         for k, v in headers.items():
+            if k == "X-Repo-Commit" and (self.faults.hide_commit or self.faults.commit_as is not None):
+                if self.faults.hide_commit:
+                    continue
+                v = self.faults.commit_as or ""
             h.send_header(k, v)
         h.end_headers()
 

@@ -178,7 +178,7 @@ class _Session:
         journal = (SmallJournal.start(self.state_dir, entry) if is_small(entry) else
                    Journal.open(self.state_dir, entry, split_threshold=self.config.split_threshold,
                                 connections=self.config.connections_per_file))
-        hub_url = hf_hub_url(self.plan.repo_id, entry.path, revision=self.plan.commit, endpoint=self.plan.endpoint)
+        hub_url = hf_hub_url(self.plan.repo_id, entry.path, revision=self.plan.ref, endpoint=self.plan.endpoint)
         path = entry.path
         ok = False
         try:
@@ -235,7 +235,7 @@ class _Session:
         """The next byte source for `path` (`--mirrors` in order, skipping failed ones, then the hub)."""
         self.http.forget(path)  # a URL another source redirected us to must not outlive the switch
         return self.ctx.sources.pick(path=path, mirrors=self.config.mirrors, hub_url=hub_url,
-                                     repo_id=self.plan.repo_id, commit=self.plan.commit)
+                                     repo_id=self.plan.repo_id, commit=self.plan.ref)
 
     def _mirror_failed(self, job: Job, failure: SourceFailed) -> None:
         path = job.entry.path

@@ -339,7 +339,7 @@ class HubHttp:
             raise Retry("url_expired", f"HTTP {status} from the {where}", immediate=True)
         if status == 404:
             what = error_code or "EntryNotFound"
-            raise NotFoundError(f"{self.plan.repo_id}@{self.plan.commit[:12]}: {path}: {what} (HTTP 404)",
+            raise NotFoundError(f"{self.plan.repo_id}@{self.plan.ref[:12]}: {path}: {what} (HTTP 404)",
                                 repo_id=self.plan.repo_id, revision=self.plan.revision, path=path)
         if status in (401, 403):
             hint = "" if self.config.token else " (no token configured: set HF_TOKEN or --token-file)"

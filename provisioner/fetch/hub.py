@@ -222,7 +222,7 @@ def _snapshot_in_thread(plan: Plan, paths: Sequence[str], *, ctx: RunContext, ca
     def work() -> None:
         snapshot_download(
             plan.repo_id,
-            revision=plan.commit,
+            revision=plan.ref,
             local_dir=target,
             cache_dir=cache_dir,
             allow_patterns=[glob.escape(p) for p in paths],
@@ -264,23 +264,23 @@ def _explain_missing(plan: Plan, missing: Sequence[str], *, target: Path, cache_
     skips unknown paths silently: a permanent NotFoundError), or the listing call failed and the library
     fell back to the non-empty local_dir (it returns "successfully" then: transient)."""
     try:
-        listed = {f.path for f in get_cached_repo_tree(plan.repo_id, revision=plan.commit, local_dir=target,
+        listed = {f.path for f in get_cached_repo_tree(plan.repo_id, revision=plan.ref, local_dir=target,
                                                         cache_dir=cache_dir)}
     except (hf_errors.CachedRepoTreeNotFoundError, OSError, ValueError):  # no usable listing: the hub was not reached
         listed = None
     if listed is not None:
         absent = [p for p in missing if p not in listed]
         if absent:
-            return NotFoundError(f"{absent[0]!r} is not in {plan.repo_id} at {plan.commit}"
+            return NotFoundError(f"{absent[0]!r} is not in {plan.repo_id} at {plan.ref}"
                                  + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""),
-                                 repo_id=plan.repo_id, revision=plan.commit, path=absent[0])
+                                 repo_id=plan.repo_id, revision=plan.ref, path=absent[0])
     return TransientError(f"snapshot_download returned without {len(missing)} file(s), e.g. {missing[0]}",
                           reason="api")
 
 
 def fetch_with_hub(plan: Plan, entries: Sequence[FileEntry], *, ctx: RunContext,
                    state_dir: Path) -> dict[str, FetchedFile]:
-    """Download `entries` of `plan` at `plan.commit` into `ctx.config.target` with huggingface_hub.
+    """Download `entries` of `plan` at `plan.ref` into `ctx.config.target` with huggingface_hub.
 
     Returns {path: FetchedFile} where `part_path` is the file's final path and the digests are not
     computed (all ""): the caller hashes the files in place. The library's cache_dir is

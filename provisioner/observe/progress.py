@@ -78,6 +78,7 @@ class Tracker:
         self._listeners: list[Callable[[Event], None]] = []
         self.phase = Phase.PENDING
         self.commit: str | None = None
+        self.commit_known: bool | None = None  # False: planned, but the hub names no commit for the revision
         self.started_at = time.time()
         self.phase_since = time.time()
         self.files: dict[str, FileProgress] = {}
@@ -130,6 +131,7 @@ class Tracker:
         on_disk = on_disk or {}
         with self._lock:
             self.commit = plan.commit
+            self.commit_known = plan.commit_known
             self.files = {f.path: FileProgress(f.path, f.size, min(on_disk.get(f.path, 0), f.size),
                                                evidence=f.evidence) for f in plan.files}
             self.bytes_total = plan.total_bytes
@@ -266,6 +268,7 @@ class Tracker:
                 "repo_id": self.repo_id,
                 "revision": self.revision,
                 "commit": self.commit,
+                "commit_known": self.commit_known,
                 "phase": self.phase.value,
                 "ready": self.ready,
                 "bytes_total": self.bytes_total,

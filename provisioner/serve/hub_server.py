@@ -218,7 +218,7 @@ class HubServer:
         if kind not in ("revision", "tree") or not view.matches(repo_id, rev):
             self._error(h, 404, "RevisionNotFound", f"revision {rev} not served here")
             return
-        commit = str(view.marker["commit"])
+        commit = view.marker.get("commit")  # None: the origin named none; neither do we
         files = sorted(view.files.values(), key=lambda f: str(f["path"]))
         if kind == "revision":
             body: Any = {"id": repo_id, "modelId": repo_id, "sha": commit, "lastModified": _EPOCH,
@@ -231,7 +231,7 @@ class HubServer:
                 self._error(h, 404, "EntryNotFound", f"{sub} does not exist on {rev}")
                 return
         self._send(h, 200, json.dumps(body).encode(), content_type="application/json",
-                   headers={"X-Repo-Commit": commit})
+                   headers={"X-Repo-Commit": commit} if commit else {})
 
     def _resolve(self, h: _Handler, view: _View, raw: str) -> None:
         head, _, tail = raw.partition("/resolve/")
@@ -251,12 +251,12 @@ class HubServer:
             self._error(h, 404, "EntryNotFound", f"{path} is not served here")
             return
         with os.fdopen(fd, "rb") as f:
-            self._send_file(h, f, entry=entry, commit=str(view.marker["commit"]))
+            self._send_file(h, f, entry=entry, commit=view.marker.get("commit"))
 
-    def _send_file(self, h: _Handler, f: Any, *, entry: dict[str, Any], commit: str) -> None:
+    def _send_file(self, h: _Handler, f: Any, *, entry: dict[str, Any], commit: str | None) -> None:
         size = int(entry["size"])
         etag = f'"{entry.get("sha256") or entry.get("blob_sha1")}"'
-        headers = {"ETag": etag, "X-Repo-Commit": commit, "Accept-Ranges": "bytes"}
+        headers = {"ETag": etag, "Accept-Ranges": "bytes", **({"X-Repo-Commit": commit} if commit else {})}
         start, end, status = 0, size - 1, 200
         rng = h.headers.get("Range")
         if_range = h.headers.get("If-Range")

@@ -50,7 +50,7 @@ def ready_from_marker(cfg: Config, *, environ: Mapping[str, str] | None = None) 
     logs.setup_logging(fmt=cfg.log_format, level=cfg.log_level, redactor=Redactor.for_secrets(cfg.token))
     m = check.marker
     if cfg.offline:  # the same line the full path logs: say why nothing was asked
-        log.info("offline: serving the verified copy %s", m["commit"][:12])
+        log.info("offline: serving the verified copy %s", str(m["commit"] or "(commit unknown)")[:12])
     log.info("ready", extra={"commit": m["commit"], "files": len(m["files"]), "bytes_total": m.get("bytes_total"),
                              "bytes_downloaded": 0, "warm": True, "seconds": round(time.monotonic() - t0, 3)})
     return 0

@@ -75,7 +75,7 @@ def current_commit(root: Path, revision: str) -> str | None:
 def seed_unchanged_files(plan: Plan, *, root: Path, into: Path, previous: str | None) -> int:
     """Hard-link files whose digest is unchanged from the previous commit's verified folder into the new
     one (they are re-hashed like any file found on disk). Returns how many were linked."""
-    if previous is None or previous == plan.commit:
+    if previous is None or previous == plan.key:
         return 0
     prev_dir = commit_dir(root, previous)
     old = marker.read_marker(prev_dir)

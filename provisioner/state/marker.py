@@ -78,8 +78,8 @@ def check_ready(target: Path, *, repo_id: str | None = None, revision: str | Non
         if repo_id is not None and marker["repo_id"] != repo_id:
             return MarkerCheck(False, f"marker is for {marker['repo_id']}, not {repo_id}", marker)
         if revision is not None and revision not in (marker["revision"], marker["commit"]):
-            return MarkerCheck(False, f"marker is for revision {marker['revision']} ({marker['commit'][:12]}), "
-                                      f"not {revision}", marker)
+            commit = str(marker["commit"])[:12] if marker["commit"] else "unknown commit"
+            return MarkerCheck(False, f"marker is for revision {marker['revision']} ({commit}), not {revision}", marker)
         for f in marker["files"]:
             path = target / f["path"]
             try:
@@ -112,7 +112,8 @@ def write_marker(target: Path, *, plan: Plan, verify_level: str, verification: d
         "version": MARKER_VERSION,
         "repo_id": plan.repo_id,
         "revision": plan.revision,
-        "commit": plan.commit,
+        "commit": plan.commit,  # null when no source named one (see `commit_known`)
+        "commit_known": plan.commit_known,
         "endpoint": plan.endpoint,
         "engine": engine,
         "verify": verify_level,
