@@ -72,8 +72,8 @@ class _HubTransport(_HubCore):
         }
         if not advertise_ranges:  # a bare hub still honours Range but does not say so
             del headers["Accept-Ranges"]
-        if self.faults.no_content_type and self._in_scope(ctx):
-            self._fault_fired(ctx, "no_content_type")
+        untyped = self.faults.no_content_type and self._in_scope(ctx)
+        if untyped:
             del headers["Content-Type"]
         if range_header and self.faults.ignore_range and self._in_scope(ctx):
             self._fault_fired(ctx, "ignore_range")
@@ -95,6 +95,8 @@ class _HubTransport(_HubCore):
         length = max(0, end - start + 1)
         headers["Content-Length"] = str(length)
         self._send_headers(ctx, status, headers)
+        if untyped:  # after the headers: the fault is recorded on this response's record
+            self._fault_fired(ctx, "no_content_type")
         if ctx.method == "HEAD" or length == 0:
             return
         self._send_body(ctx, info, start, length)
