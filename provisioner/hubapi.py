@@ -11,6 +11,7 @@ on first use (the planner's module must stay cheap to import).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -113,7 +114,10 @@ def classify_api_error(exc: BaseException, *, repo_id: str, revision: str) -> Pr
     transport = transport_error(exc, what="hub API")
     if transport is not None:
         return transport
-    if isinstance(exc, ValueError | KeyError | TypeError):  # JSON decode / missing fields in the answer
+    if isinstance(exc, json.JSONDecodeError):  # e.g. a web page where the API should be
+        return BadRemoteError("malformed answer from the hub API: not JSON (is --endpoint the URL of a Hugging "
+                              "Face hub or mirror?)", detail=redact(str(exc))[:300])
+    if isinstance(exc, ValueError | KeyError | TypeError):  # missing fields or wrong types in the answer
         return BadRemoteError("malformed answer from the hub API", detail=redact(str(exc))[:300])
     return TransientError(f"hub API call failed: {redact(str(exc))[:200]}", reason="api")
 

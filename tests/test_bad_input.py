@@ -16,6 +16,7 @@ import os
 import posixpath
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class FakeHub:
 
     info: Any = field(default=None, repr=False)
     info_status: int = 200
+    info_type: str = "application/json"  # a mirror's front page says text/html
+    tree: Any = None  # the recursive tree listing (JSON); None: no tree endpoint (404)
     files: dict[str, bytes] = field(default_factory=dict)
     omit: set[str] = field(default_factory=set)
     drop_after: int | None = None  # once: close the first file response after this many body bytes
@@ -88,6 +91,17 @@ def _handler(fake: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             with fake.lock:
                 fake.requests.append((self.command, path, dict(self.headers.items())))
+            with fake.lock:
+                listing = fake.tree
+            if path.startswith("/api/") and "/tree/" in path and listing is not None:
+                body = json.dumps(listing).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command == "GET":
+                    self.wfile.write(body)
+                return
             if path.startswith("/api/") and ("/tree/" in path or path.endswith("/paths-info")):
                 self.send_response(404)  # this fake offers model_info only: the planner's later sources skip it
                 self.send_header("Content-Length", "0")
@@ -96,7 +110,7 @@ def _handler(fake: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             if path.startswith("/api/"):
                 body = fake.info_bytes()
                 self.send_response(fake.info_status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", fake.info_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if self.command == "GET":
@@ -162,6 +176,7 @@ def fake_hub(fake_hub_server: FakeHub) -> FakeHub:
     f = fake_hub_server
     with f.lock:
         f.info, f.info_status, f.files, f.omit, f.drop_after = None, 200, {}, set(), None
+        f.info_type, f.tree = "application/json", None
         f.requests.clear()
     return f
 
@@ -728,3 +743,38 @@ def test_no_digest_anywhere_is_size_only_or_refused_with_require_digests(fake_hu
         build_plan(RunContext(config=cfg, tracker=Tracker(repo_id=REPO, revision=cfg.revision),
                               budget=RetryBudget(cfg.retry_budget), stop=threading.Event()))
     assert "\n" not in str(info.value)
+
+
+# ---- the bad-input trio through the real CLI: one line, exit 9, nothing marked ready ---------------
+def _assert_refused_before_any_file(fake: FakeHub, target: Path, res: Any, *, says: str) -> None:
+    assert res.returncode == ExitCode.BAD_REMOTE, res.stderr[-3000:]
+    assert_one_line_error(res.stderr, ExitCode.BAD_REMOTE)
+    assert says in res.stderr, res.stderr[-3000:]
+    assert marker.read_marker(target) is None
+    check = run_cli([sys.executable, "-m", "provisioner", "check", str(target)], timeout=60)
+    assert check.returncode == ExitCode.NOT_READY, check.stderr
+    assert not [r for r in fake.requests if r[0] == "GET" and "/resolve/" in r[1]], "a file was fetched"
+
+
+def test_run_with_sizes_contradicting_between_sources_exits_9(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.files = {"a.txt": b"hello"}
+    fake_hub.info = info_for([{"rfilename": "a.txt", "size": 5}])  # no digest: the tree is asked next
+    fake_hub.tree = [{"type": "file", "path": "a.txt", "size": 6, "oid": blob_sha1(b"hello")}]
+    target = tmp_path / "m"
+    _assert_refused_before_any_file(fake_hub, target, run_fake(fake_hub, target), says="5 and 6 (tree)")
+
+
+def test_run_with_a_head_that_lies_about_the_size_exits_9(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.files = {"a.txt": b"hello"}
+    fake_hub.info = info_for([{"rfilename": "a.txt", "size": 99}])  # the HEAD says 5
+    target = tmp_path / "m"
+    _assert_refused_before_any_file(fake_hub, target, run_fake(fake_hub, target), says="99 and 5 (HEAD)")
+
+
+def test_run_against_a_mirror_that_answers_html_exits_9(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.info = b"<!doctype html><html><body><h1>Welcome to the mirror</h1></body></html>"
+    fake_hub.info_type = "text/html; charset=utf-8"
+    target = tmp_path / "m"
+    res = run_fake(fake_hub, target)
+    _assert_refused_before_any_file(fake_hub, target, res, says="not JSON")
+    assert len([r for r in fake_hub.requests if r[1].startswith("/api/")]) == 1, "a malformed answer was retried"
